@@ -1,0 +1,121 @@
+// `bmsnap image SOURCE -o OUT`: image a disk or raw image file locally.
+import { stat, writeFile } from 'node:fs/promises';
+import { parseArgs } from 'node:util';
+import { UsageError, OutputError } from '../errors.js';
+import { imageDisk, type ImageFormat } from '../image-disk.js';
+import type { CodecName } from '../encoder/compress/codecs.js';
+import { createLogger } from '../log.js';
+import { openSource } from '../source/open-source.js';
+import { FileSink } from '../sink/file-sink.js';
+import { StdoutSink } from '../sink/stdout-sink.js';
+import type { Sink } from '../sink/sink.js';
+import { logProgress, terminalProgress } from './progress-display.js';
+
+export const IMAGE_USAGE = `usage: bmsnap image SOURCE -o OUT [options]
+
+Images SOURCE (a block device or a raw disk image file, opened read-only) into OUT
+(a file, or - for stdout), copying only the blocks its filesystems use.
+
+options:
+  -o, --output OUT        output file, or - for stdout (required)
+  -f, --format FMT        qcow2 (default) or raw
+  -c, --compress CODEC    qcow2 compression: zstd (default; qemu >= 5.1), zlib (any qemu), none
+      --level N           compression level (default: 1, the fast end)
+      --workers N         compression threads (default: one per core)
+      --json              print the manifest (sizes, sha512, md5, map) as JSON on stdout
+      --manifest PATH     write the manifest as JSON to PATH
+  -q, --quiet             no progress output, only warnings and errors
+      --log-level LEVEL   pino log level for JSON logs (default info)
+  -h, --help              this help`;
+
+export async function imageCommand(argv: string[], signal: AbortSignal): Promise<void> {
+  const { values, positionals } = parse(argv);
+  if (values.help) { process.stdout.write(IMAGE_USAGE + '\n'); return; }
+  if (positionals.length !== 1) throw new UsageError('image takes exactly one SOURCE (see bmsnap image --help)');
+  const sourcePath = positionals[0]!;
+  const out = values.output;
+  if (!out) throw new UsageError('missing -o OUT (a file, or - for stdout)');
+  const format = choice(values.format ?? 'qcow2', ['qcow2', 'raw'], '--format') as ImageFormat;
+  const codec = choice(values.compress ?? 'zstd', ['zstd', 'zlib', 'none'], '--compress') as CodecName;
+  if (format === 'raw' && values.compress) throw new UsageError('--compress applies to qcow2 only');
+  const level = values.level === undefined ? undefined : integer(values.level, '--level', codec === 'zstd' ? [1, 19] : [0, 9]);
+  const workers = values.workers === undefined ? undefined : integer(values.workers, '--workers', [1, 256]);
+  if (values.json && out === '-') throw new UsageError('--json prints on stdout, which carries the image with -o -; use --manifest PATH');
+
+  const human = process.stderr.isTTY === true;
+  const level = values['log-level'] ?? (values.quiet ? 'warn' : 'info');
+  const log = createLogger({ human, level });
+  const progress = values.quiet ? undefined : human ? terminalProgress() : logProgress(log);
+
+  const source = await openSource(sourcePath);
+  let sink: Sink | undefined;
+  try {
+    if (out === '-') {
+      if (process.stdout.isTTY) throw new UsageError('refusing to write an image to a terminal; use -o FILE or a pipe');
+      sink = new StdoutSink();
+    } else {
+      await checkOutputPath(out, sourcePath);
+      sink = await FileSink.create(out);
+    }
+    const manifest = await imageDisk(source, sink, {
+      format, codec, signal, log,
+      ...(level !== undefined ? { level } : {}),
+      ...(workers !== undefined ? { workers } : {}),
+      ...(progress ? { progress } : {}),
+    });
+    progress?.done();
+    const json = JSON.stringify(manifest, null, 2) + '\n';
+    if (values.manifest) {
+      await writeFile(values.manifest, json).catch((err: Error) => { throw new OutputError(`cannot write manifest ${values.manifest}: ${err.message}`); });
+    }
+    if (values.json) process.stdout.write(json);
+    log.info({ out, bytes: manifest.bytesWritten, sha512: manifest.sha512, seconds: Math.round(manifest.seconds * 10) / 10 }, 'image complete');
+    if (human && !values.quiet && !values.json) {
+      process.stderr.write(`bmsnap: wrote ${out === '-' ? 'stdout' : out}: ${manifest.bytesWritten} bytes (${manifest.format}${manifest.format === 'qcow2' ? `, ${manifest.compression}` : ''}) in ${manifest.seconds.toFixed(1)} s, sha512 ${manifest.sha512.slice(0, 16)}…\n`);
+    }
+  } finally {
+    await source.close();
+  }
+}
+
+function parse(argv: string[]) {
+  try {
+    return parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        output: { type: 'string', short: 'o' },
+        format: { type: 'string', short: 'f' },
+        compress: { type: 'string', short: 'c' },
+        level: { type: 'string' },
+        workers: { type: 'string' },
+        json: { type: 'boolean' },
+        manifest: { type: 'string' },
+        quiet: { type: 'boolean', short: 'q' },
+        'log-level': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    });
+  } catch (err) {
+    throw new UsageError((err as Error).message.split('\n')[0]!);
+  }
+}
+
+function choice(v: string, allowed: string[], flag: string): string {
+  if (!allowed.includes(v)) throw new UsageError(`${flag} must be one of ${allowed.join(', ')} (got "${v}")`);
+  return v;
+}
+
+function integer(v: string, flag: string, [min, max]: [number, number]): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`${flag} must be an integer from ${min} to ${max} (got "${v}")`);
+  return n;
+}
+
+/** The output must not be the source, nor replace anything but a regular file. */
+async function checkOutputPath(out: string, sourcePath: string): Promise<void> {
+  const [o, s] = await Promise.all([stat(out).catch(() => undefined), stat(sourcePath)]);
+  if (!o) return;
+  if (o.dev === s.dev && o.ino === s.ino) throw new UsageError(`output ${out} is the source itself`);
+  if (!o.isFile()) throw new UsageError(`output ${out} exists and is not a regular file`);
+}

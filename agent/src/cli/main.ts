@@ -1,0 +1,47 @@
+#!/usr/bin/env node
+// bmsnap command line. Every failure ends as one line on stderr and a non-zero exit status.
+import { describeError, UsageError, AbortedError, BmsnapError } from '../errors.js';
+import { VERSION } from '../version.js';
+import { imageCommand } from './image-command.js';
+
+const USAGE = `usage: bmsnap <command> [options]
+
+commands:
+  image SOURCE -o OUT    image a disk or raw image file into a compressed qcow2 (or raw)
+
+bmsnap <command> --help for the command's options; bmsnap --version for the version.`;
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (!command || command === '-h' || command === '--help' || command === 'help') {
+    process.stdout.write(USAGE + '\n');
+    return command ? 0 : 2;
+  }
+  if (command === '--version' || command === '-V') {
+    process.stdout.write(`bmsnap ${VERSION}\n`);
+    return 0;
+  }
+  const controller = new AbortController();
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (controller.signal.aborted) process.exit(sig === 'SIGINT' ? 130 : 143);
+    controller.abort(new AbortedError(`interrupted by ${sig}`));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  switch (command) {
+    case 'image':
+      await imageCommand(rest, controller.signal);
+      return 0;
+    default:
+      throw new UsageError(`unknown command "${command}" (try bmsnap --help)`);
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => { process.exitCode = code; },
+  (err: unknown) => {
+    process.stderr.write(`\r\x1b[K`.repeat(process.stderr.isTTY ? 1 : 0) + `bmsnap: ${describeError(err)}\n`);
+    if (!(err instanceof BmsnapError) && process.env.BMSNAP_DEBUG) console.error(err);
+    process.exitCode = err instanceof UsageError ? 2 : err instanceof AbortedError ? 130 : 1;
+  },
+);

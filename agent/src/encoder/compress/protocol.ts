@@ -1,0 +1,28 @@
+// Messages between the encoder and its compression workers.
+import type { CodecName } from './codecs.js';
+
+export interface WorkerConfig {
+  codec: CodecName;
+  level: number;
+  clusterSize: number;
+}
+
+export interface CompressJob {
+  id: number;
+  /** `clusters` whole clusters, unused bytes already zeroed. Transferred, not copied. */
+  data: ArrayBuffer;
+  clusters: number;
+  /** false: sizing pass, only sizes come back; true: the payloads come back too. */
+  emit: boolean;
+}
+
+/** Per-cluster size code in the sizing table: 0 = all zero (not stored), STORED = stored frame. */
+export const STORED = 0xffff;
+
+export interface CompressResult {
+  id: number;
+  /** Size code per cluster: 0, STORED, or the compressed length (1..65534). */
+  codes: Uint16Array;
+  /** emit only: the stored payloads of the non-zero clusters, back to back. */
+  payload?: ArrayBuffer;
+}

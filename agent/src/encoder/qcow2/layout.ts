@@ -1,0 +1,92 @@
+// Where everything goes in the output file. All metadata sits in front of the data so the file
+// can be written strictly front to back:
+//   header | L1 | refcount table | refcount blocks | L2 tables | packed cluster data | pad
+// The sizing pass supplies each cluster's stored size, so every offset is known before the
+// first byte is written.
+import { mappedClusters } from '../cluster-plan.js';
+import type { Extent } from '../../map/extents.js';
+import { STORED } from '../compress/protocol.js';
+import { CLUSTER_SIZE, L2_ENTRIES, REFCOUNTS_PER_BLOCK } from './format.js';
+
+export interface SizeTable {
+  /** Per mapped cluster: 0 = zero (not stored), STORED = stored frame, else compressed length. */
+  codes: Uint16Array;
+  storedSize: number;
+}
+
+export interface StoredCluster {
+  guest: number;
+  offset: number;
+  size: number;
+}
+
+export interface Layout {
+  virtualSize: number;
+  l1Size: number;
+  l1Offset: number;
+  refTableOffset: number;
+  refTableClusters: number;
+  refBlocksOffset: number;
+  refBlockCount: number;
+  /** L1 index -> host offset of its L2 table, in ascending L1 order. */
+  l2Offsets: Map<number, number>;
+  dataOffset: number;
+  dataBytes: number;
+  metadataClusters: number;
+  fileSize: number;
+}
+
+const clustersFor = (bytes: number) => Math.ceil(bytes / CLUSTER_SIZE);
+
+export function sizeOf(code: number, table: SizeTable): number {
+  return code === STORED ? table.storedSize : code;
+}
+
+/** The non-zero clusters in file order, with their host offsets. */
+export function* storedClusters(used: readonly Extent[], table: SizeTable, dataOffset: number): Generator<StoredCluster> {
+  let k = 0;
+  let offset = dataOffset;
+  for (const guest of mappedClusters(used, CLUSTER_SIZE)) {
+    const code = table.codes[k++]!;
+    if (code === 0) continue;
+    const size = sizeOf(code, table);
+    yield { guest, offset, size };
+    offset += size;
+  }
+}
+
+export function computeLayout(virtualSize: number, used: readonly Extent[], table: SizeTable): Layout {
+  const l1Size = Math.max(1, Math.ceil(clustersFor(virtualSize) / L2_ENTRIES));
+  const l1Clusters = clustersFor(l1Size * 8);
+  const l2Indexes: number[] = [];
+  let dataBytes = 0;
+  for (const c of storedClusters(used, table, 0)) {
+    const l1i = Math.floor(c.guest / L2_ENTRIES);
+    if (l2Indexes[l2Indexes.length - 1] !== l1i) l2Indexes.push(l1i);
+    dataBytes += c.size;
+  }
+  const dataClusters = clustersFor(dataBytes);
+  // Refcount structures must count themselves: iterate to a fixed point.
+  let refBlocks = 1;
+  let refTableClusters = 1;
+  for (;;) {
+    const total = 1 + l1Clusters + refTableClusters + refBlocks + l2Indexes.length + dataClusters;
+    const needBlocks = Math.ceil(total / REFCOUNTS_PER_BLOCK);
+    const needTable = clustersFor(needBlocks * 8);
+    if (needBlocks === refBlocks && needTable === refTableClusters) break;
+    refBlocks = Math.max(refBlocks, needBlocks);
+    refTableClusters = Math.max(refTableClusters, needTable);
+  }
+  const l1Offset = CLUSTER_SIZE;
+  const refTableOffset = l1Offset + l1Clusters * CLUSTER_SIZE;
+  const refBlocksOffset = refTableOffset + refTableClusters * CLUSTER_SIZE;
+  const l2Base = refBlocksOffset + refBlocks * CLUSTER_SIZE;
+  const l2Offsets = new Map(l2Indexes.map((l1i, n) => [l1i, l2Base + n * CLUSTER_SIZE]));
+  const dataOffset = l2Base + l2Indexes.length * CLUSTER_SIZE;
+  const metadataClusters = dataOffset / CLUSTER_SIZE;
+  return {
+    virtualSize, l1Size, l1Offset, refTableOffset, refTableClusters, refBlocksOffset,
+    refBlockCount: refBlocks, l2Offsets, dataOffset, dataBytes, metadataClusters,
+    fileSize: (metadataClusters + dataClusters) * CLUSTER_SIZE,
+  };
+}

@@ -1,0 +1,94 @@
+// The imaging pipeline every front uses (CLI, IPA agent step, in-band modes):
+//   source (read-only) -> used-block map -> encoder (qcow2 or raw) -> hashing -> sink
+// It returns the manifest; on any failure the sink is aborted so no partial image survives.
+import { availableParallelism } from 'node:os';
+import type { Logger } from 'pino';
+import { buildDiskMap, type DiskMap } from './map/build-map.js';
+import { DEFAULT_LEVEL, type CodecName } from './encoder/compress/codecs.js';
+import { encodeQcow2, type Qcow2Stats } from './encoder/qcow2-encoder.js';
+import { encodeRaw } from './encoder/raw-encoder.js';
+import { noProgress, type Progress } from './encoder/progress.js';
+import { HashingSink } from './sink/hashing-sink.js';
+import type { Sink } from './sink/sink.js';
+import type { Source } from './source/open-source.js';
+import { VERSION } from './version.js';
+
+export type ImageFormat = 'qcow2' | 'raw';
+
+export interface ImageOptions {
+  format: ImageFormat;
+  codec: CodecName;
+  level?: number;
+  workers?: number;
+  progress?: Progress;
+  signal?: AbortSignal;
+  log?: Logger;
+}
+
+export interface Manifest {
+  tool: 'bmsnap';
+  version: string;
+  source: { path: string; kind: string; size: number; sectorSize: number };
+  format: ImageFormat;
+  compression: CodecName | 'n/a';
+  compressionLevel?: number;
+  virtualSize: number;
+  bytesWritten: number;
+  md5: string;
+  sha512: string;
+  partitionTable: DiskMap['table'] & { sectorSize: number };
+  partitions: DiskMap['partitions'];
+  outsidePartitionsBytes: number;
+  usedBytes: number;
+  qcow2?: Qcow2Stats;
+  warnings: string[];
+  seconds: number;
+}
+
+export async function imageDisk(source: Source, sink: Sink, opts: ImageOptions): Promise<Manifest> {
+  const started = process.hrtime.bigint();
+  const hashing = new HashingSink(sink);
+  const progress = opts.progress ?? noProgress;
+  try {
+    const map = await buildDiskMap(source, source.sectorSize);
+    for (const w of map.warnings) opts.log?.warn(w);
+    opts.log?.info({ table: map.table.type, partitions: map.partitions.length, usedBytes: map.usedBytes, size: map.size }, 'used-block map ready');
+    let qcow2: Qcow2Stats | undefined;
+    const level = opts.level ?? DEFAULT_LEVEL[opts.codec];
+    if (opts.format === 'qcow2') {
+      qcow2 = await encodeQcow2(source, map, hashing, {
+        codec: opts.codec,
+        level,
+        workers: opts.workers ?? availableParallelism(),
+        progress,
+        ...(opts.signal ? { signal: opts.signal } : {}),
+      });
+    } else {
+      await encodeRaw(source, map, hashing, progress, opts.signal);
+    }
+    const digests = hashing.digests();
+    await sink.finish();
+    return {
+      tool: 'bmsnap',
+      version: VERSION,
+      source: { path: source.path, kind: source.kind, size: source.size, sectorSize: map.sectorSize },
+      format: opts.format,
+      compression: opts.format === 'qcow2' ? opts.codec : 'n/a',
+      ...(opts.format === 'qcow2' && opts.codec !== 'none' ? { compressionLevel: level } : {}),
+      virtualSize: map.size,
+      bytesWritten: digests.size,
+      md5: digests.md5,
+      sha512: digests.sha512,
+      partitionTable: { ...map.table, sectorSize: map.sectorSize },
+      partitions: map.partitions,
+      outsidePartitionsBytes: map.outsideBytes,
+      usedBytes: map.usedBytes,
+      ...(qcow2 ? { qcow2 } : {}),
+      warnings: map.warnings,
+      seconds: Number(process.hrtime.bigint() - started) / 1e9,
+    };
+  } catch (err) {
+    await sink.abort();
+    throw err;
+  }
+}
