@@ -8,8 +8,9 @@ import { DEFAULT_LEVEL, type CodecName } from './encoder/compress/codecs.js';
 import { encodeQcow2, type Qcow2Stats } from './encoder/qcow2-encoder.js';
 import { encodeRaw } from './encoder/raw-encoder.js';
 import { noProgress, type Progress } from './encoder/progress.js';
+import { Hasher, type Digests } from './sink/hasher.js';
 import { HashingSink } from './sink/hashing-sink.js';
-import type { Sink } from './sink/sink.js';
+import { isSeekable, type Sink } from './sink/sink.js';
 import type { Source } from './source/open-source.js';
 import { VERSION } from './version.js';
 
@@ -47,16 +48,20 @@ export interface Manifest {
 
 export async function imageDisk(source: Source, sink: Sink, opts: ImageOptions): Promise<Manifest> {
   const started = process.hrtime.bigint();
-  const hashing = new HashingSink(sink);
   const progress = opts.progress ?? noProgress;
+  // qcow2 into a file: one pass, then the file is hashed by reading it back (its header is
+  // written last). Anything else is a stream, hashed in-line.
+  const seekable = opts.format === 'qcow2' && isSeekable(sink) ? sink : undefined;
+  const hashing = seekable ? undefined : new HashingSink(sink);
   try {
     const map = await buildDiskMap(source, source.sectorSize);
     for (const w of map.warnings) opts.log?.warn(w);
     opts.log?.info({ table: map.table.type, partitions: map.partitions.length, usedBytes: map.usedBytes, size: map.size }, 'used-block map ready');
     let qcow2: Qcow2Stats | undefined;
     const level = opts.level ?? DEFAULT_LEVEL[opts.codec];
+    let digests: Digests;
     if (opts.format === 'qcow2') {
-      qcow2 = await encodeQcow2(source, map, hashing, {
+      qcow2 = await encodeQcow2(source, map, seekable ? { seekable } : { stream: hashing! }, {
         codec: opts.codec,
         level,
         workers: opts.workers ?? availableParallelism(),
@@ -64,9 +69,19 @@ export async function imageDisk(source: Source, sink: Sink, opts: ImageOptions):
         ...(opts.signal ? { signal: opts.signal } : {}),
       });
     } else {
-      await encodeRaw(source, map, hashing, progress, opts.signal);
+      await encodeRaw(source, map, hashing!, progress, opts.signal);
     }
-    const digests = hashing.digests();
+    if (seekable) {
+      const hasher = new Hasher();
+      try {
+        await seekable.readBack((chunk) => hasher.update(chunk));
+        digests = await hasher.digest();
+      } finally {
+        await hasher.close();
+      }
+    } else {
+      digests = await hashing!.digests();
+    }
     await sink.finish();
     return {
       tool: 'bmsnap',
@@ -88,7 +103,7 @@ export async function imageDisk(source: Source, sink: Sink, opts: ImageOptions):
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
     };
   } catch (err) {
-    await sink.abort();
+    await (hashing ?? sink).abort();
     throw err;
   }
 }

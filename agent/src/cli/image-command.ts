@@ -43,8 +43,8 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
   if (values.json && out === '-') throw new UsageError('--json prints on stdout, which carries the image with -o -; use --manifest PATH');
 
   const human = process.stderr.isTTY === true;
-  const level = values['log-level'] ?? (values.quiet ? 'warn' : 'info');
-  const log = createLogger({ human, level });
+  const logLevel = values['log-level'] ?? (values.quiet ? 'warn' : 'info');
+  const log = createLogger({ human, level: logLevel });
   const progress = values.quiet ? undefined : human ? terminalProgress() : logProgress(log);
 
   const source = await openSource(sourcePath);

@@ -7,9 +7,11 @@ import type { Batch } from './cluster-plan.js';
 /** Reads this close together are merged into one read; the gap is zeroed afterwards. */
 const COALESCE_GAP = 256 * 1024;
 
-export async function readBatch(src: ByteReader, batch: Batch, clusterSize: number): Promise<Buffer> {
+/** Fills `target` (at least batch.clusters * clusterSize bytes) with the batch's content. */
+export async function readBatch(src: ByteReader, batch: Batch, clusterSize: number, target?: Buffer): Promise<Buffer> {
   const base = batch.firstCluster * clusterSize;
-  const buf = Buffer.alloc(batch.clusters * clusterSize);
+  const length = batch.clusters * clusterSize;
+  const buf = target ? target.subarray(0, length).fill(0) : Buffer.alloc(length);
   let i = 0;
   while (i < batch.used.length) {
     const first = batch.used[i]!;
@@ -22,8 +24,7 @@ export async function readBatch(src: ByteReader, batch: Batch, clusterSize: numb
     // Re-zero the gaps that were read only to save syscalls.
     for (let k = i; k < j; k++) {
       const a = batch.used[k]!;
-      const gapStart = a.offset + a.length;
-      buf.fill(0, gapStart - base, batch.used[k + 1]!.offset - base);
+      buf.fill(0, a.offset + a.length - base, batch.used[k + 1]!.offset - base);
     }
     i = j + 1;
   }

@@ -1,18 +1,19 @@
-// Disk -> compressed qcow2, written front to back.
+// Disk -> compressed qcow2.
 //
-// Pass 1 (sizing) reads the mapped clusters and compresses them only to learn each cluster's
-// stored size (2 bytes of memory per mapped cluster). With every size known, the layout - and
-// so the header, L1, refcounts and L2 tables - is fixed before the first byte goes out.
-// Pass 2 (writing) emits the metadata, then reads and compresses the clusters again and emits
-// them. Compression is deterministic, so pass 2 must reproduce pass 1's sizes exactly; if it
-// does not, the source changed under us and the run fails (SourceChangedError).
-// Why two passes: in a qcow2 the header at byte 0 points (via L1 and L2) at the offsets of
-// compressed clusters, which depend on every earlier cluster's compressed size. Without a
-// seekable output or an unbounded buffer, those sizes have to be known first.
+// The metadata area's size is fixed by the used-block map (qcow2/layout.ts); the data offsets
+// depend on every cluster's compressed size. So:
+// - to a seekable output (a file) it is ONE pass: clusters are read, compressed and written
+//   from the data offset on, the sizes are recorded, then the metadata is written in front;
+// - to a stream (stdout, an HTTP body into Glance) the header at byte 0 must already point at
+//   the right offsets, so a SIZING pass compresses the clusters only to record their sizes
+//   (2 bytes per mapped cluster), then the WRITING pass emits the metadata and the clusters.
+//   Compression is deterministic, so the writing pass must reproduce every size; if it does
+//   not, the source changed under us and the run fails (SourceChangedError).
+// Both produce the same bytes. Memory is bounded by the batches in flight plus the size table.
 import { SourceChangedError } from '../errors.js';
 import type { DiskMap } from '../map/build-map.js';
 import type { ByteReader } from '../source/byte-reader.js';
-import type { Sink } from '../sink/sink.js';
+import type { SeekableSink, Sink } from '../sink/sink.js';
 import { readBatch } from './batch-reader.js';
 import { countMappedClusters, planBatches, type Batch } from './cluster-plan.js';
 import { createCodec, type CodecName } from './compress/codecs.js';
@@ -21,7 +22,7 @@ import { STORED, type CompressResult } from './compress/protocol.js';
 import { noProgress, type Progress } from './progress.js';
 import { pipelineInOrder } from './ordered.js';
 import { CLUSTER_SIZE } from './qcow2/format.js';
-import { computeLayout, sizeOf, type SizeTable } from './qcow2/layout.js';
+import { fileSizeFor, planLayout, type Layout, type SizeTable } from './qcow2/layout.js';
 import { metadataClusters } from './qcow2/metadata.js';
 
 export interface EncodeOptions {
@@ -34,6 +35,8 @@ export interface EncodeOptions {
 
 export interface Qcow2Stats {
   clusterSize: number;
+  /** 'single-pass' (seekable output) or 'sizing+writing' (stream). */
+  passes: 'single-pass' | 'sizing+writing';
   mappedClusters: number;
   zeroClusters: number;
   storedFrames: number;
@@ -45,66 +48,113 @@ export interface Qcow2Stats {
 
 const BATCH_CLUSTERS = 32;
 
-export async function encodeQcow2(src: ByteReader, map: DiskMap, sink: Sink, opts: EncodeOptions): Promise<Qcow2Stats> {
+interface OrdinalBatch extends Batch {
+  /** Index of the batch's first cluster among all mapped clusters (into the size table). */
+  ordinal: number;
+}
+
+export async function encodeQcow2(src: ByteReader, map: DiskMap, out: { stream: Sink } | { seekable: SeekableSink }, opts: EncodeOptions): Promise<Qcow2Stats> {
   const progress = opts.progress ?? noProgress;
   const codec = createCodec(opts.codec, opts.level, CLUSTER_SIZE);
   const pool = new CompressionPool({ codec: opts.codec, level: opts.level, clusterSize: CLUSTER_SIZE }, opts.workers);
   const inFlight = opts.workers * 2 + 2;
-  const batches = () => planBatches(map.used, CLUSTER_SIZE, BATCH_CLUSTERS);
+  const table: SizeTable = { codes: new Uint16Array(countMappedClusters(map.used, CLUSTER_SIZE)), storedSize: codec.storedSize };
+  const layout = planLayout(map.size, map.used, codec.storedSize);
+  // Batch buffers go to a worker and come back: a fixed set of them bounds memory.
+  const free: ArrayBuffer[] = [];
   const bytesOf = (b: Batch) => b.used.reduce((n, e) => n + e.length, 0);
-  const readAndCompress = (emit: boolean) => async (b: Batch) => {
-    const buf = await readBatch(src, b, CLUSTER_SIZE);
-    return pool.run(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.length) as ArrayBuffer, b.clusters, emit);
-  };
-  try {
-    // Pass 1: sizes.
-    const table: SizeTable = { codes: new Uint16Array(countMappedClusters(map.used, CLUSTER_SIZE)), storedSize: codec.storedSize };
-    let k = 0;
-    progress.phase('sizing', map.usedBytes);
-    await pipelineInOrder(batches(), inFlight, readAndCompress(false), (r: CompressResult, b) => {
-      table.codes.set(r.codes, k);
-      k += r.codes.length;
-      progress.advance(bytesOf(b));
-    }, opts.signal);
 
-    // Metadata, then pass 2: data.
-    const layout = computeLayout(map.size, map.used, table);
-    for (const cluster of metadataClusters(layout, map.used, table, codec.qcowCompressionType, opts.codec === 'none')) {
-      await sink.write(cluster);
-    }
-    k = 0;
-    let written = 0;
-    progress.phase('writing', map.usedBytes);
-    await pipelineInOrder(batches(), inFlight, readAndCompress(true), async (r: CompressResult, b) => {
-      for (let i = 0; i < r.codes.length; i++, k++) {
-        if (r.codes[i] !== table.codes[k]) {
-          throw new SourceChangedError(`the source changed while it was being imaged (cluster at byte ${(b.firstCluster + i) * CLUSTER_SIZE}); image an unmounted disk or a frozen snapshot`);
-        }
+  /** Runs every batch through read -> compress, and hands results to `consume` in order. */
+  const runPass = (mode: 'size' | 'emit' | 'verify', consume: (r: CompressResult, b: OrdinalBatch) => Promise<void> | void) =>
+    pipelineInOrder(withOrdinals(planBatches(map.used, CLUSTER_SIZE, BATCH_CLUSTERS)), inFlight, async (b) => {
+      const data = free.pop() ?? new ArrayBuffer(BATCH_CLUSTERS * CLUSTER_SIZE);
+      try {
+        await readBatch(src, b, CLUSTER_SIZE, Buffer.from(data));
+      } catch (err) {
+        free.push(data);
+        throw err;
       }
-      const payload = Buffer.from(r.payload!);
-      written += payload.length;
-      if (payload.length) await sink.write(payload);
+      const known = mode === 'verify' ? table.codes.slice(b.ordinal, b.ordinal + b.clusters) : undefined;
+      const r = await pool.run(data, b.clusters, mode !== 'size', known);
+      free.push(r.data);
+      return r;
+    }, async (r, b) => {
+      await consume(r, b);
       progress.advance(bytesOf(b));
     }, opts.signal);
-    const pad = layout.fileSize - layout.dataOffset - written;
-    if (pad > 0) await sink.write(Buffer.alloc(pad));
 
-    let zeroClusters = 0;
-    let storedFrames = 0;
-    for (const c of table.codes) { if (c === 0) zeroClusters++; else if (c === STORED) storedFrames++; }
-    return {
-      clusterSize: CLUSTER_SIZE,
-      mappedClusters: table.codes.length,
-      zeroClusters,
-      storedFrames,
-      compressedClusters: table.codes.length - zeroClusters - storedFrames,
-      dataBytes: layout.dataBytes,
-      metadataBytes: layout.dataOffset,
-      fileSize: layout.fileSize,
-    };
+  const writeMetadata = async (write: (chunk: Buffer, position: number) => Promise<void>) => {
+    let pos = 0;
+    for (const cluster of metadataClusters(layout, map.used, table, codec.qcowCompressionType, opts.codec === 'none')) {
+      await write(cluster, pos);
+      pos += cluster.length;
+    }
+  };
+
+  try {
+    let dataBytes = 0;
+    if ('seekable' in out) {
+      const sink = out.seekable;
+      progress.phase('writing', map.usedBytes);
+      await runPass('emit', async (r, b) => {
+        table.codes.set(r.codes, b.ordinal);
+        const payload = Buffer.from(r.payload!);
+        if (payload.length) await sink.writeAt(payload, layout.dataOffset + dataBytes);
+        dataBytes += payload.length;
+      });
+      await writeMetadata((chunk, pos) => sink.writeAt(chunk, pos));
+      await padTo(layout, dataBytes, (zeros, pos) => sink.writeAt(zeros, pos));
+    } else {
+      const sink = out.stream;
+      progress.phase('sizing', map.usedBytes);
+      await runPass('size', (r, b) => { table.codes.set(r.codes, b.ordinal); });
+      await writeMetadata((chunk) => sink.write(chunk));
+      progress.phase('writing', map.usedBytes);
+      await runPass('verify', async (r, b) => {
+        for (let i = 0; i < r.codes.length; i++) {
+          if (r.codes[i] !== table.codes[b.ordinal + i]) {
+            throw new SourceChangedError(`the source changed while it was being imaged (cluster at byte ${(b.firstCluster + i) * CLUSTER_SIZE}); image an unmounted disk or a frozen snapshot`);
+          }
+        }
+        const payload = Buffer.from(r.payload!);
+        if (payload.length) await sink.write(payload);
+        dataBytes += payload.length;
+      });
+      await padTo(layout, dataBytes, (zeros) => sink.write(zeros));
+    }
+    return stats(table, layout, dataBytes, 'seekable' in out ? 'single-pass' : 'sizing+writing');
   } finally {
     await pool.close();
   }
 }
 
-export { sizeOf };
+async function padTo(layout: Layout, dataBytes: number, write: (zeros: Buffer, position: number) => Promise<void>): Promise<void> {
+  const end = layout.dataOffset + dataBytes;
+  const pad = fileSizeFor(layout, dataBytes) - end;
+  if (pad > 0) await write(Buffer.alloc(pad), end);
+}
+
+function stats(table: SizeTable, layout: Layout, dataBytes: number, passes: Qcow2Stats['passes']): Qcow2Stats {
+  let zeroClusters = 0;
+  let storedFrames = 0;
+  for (const c of table.codes) { if (c === 0) zeroClusters++; else if (c === STORED) storedFrames++; }
+  return {
+    clusterSize: CLUSTER_SIZE,
+    passes,
+    mappedClusters: table.codes.length,
+    zeroClusters,
+    storedFrames,
+    compressedClusters: table.codes.length - zeroClusters - storedFrames,
+    dataBytes,
+    metadataBytes: layout.dataOffset,
+    fileSize: fileSizeFor(layout, dataBytes),
+  };
+}
+
+function* withOrdinals(batches: Iterable<Batch>): Generator<OrdinalBatch> {
+  let ordinal = 0;
+  for (const b of batches) {
+    yield { ...b, ordinal };
+    ordinal += b.clusters;
+  }
+}

@@ -5,10 +5,14 @@ import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { OutputError } from '../errors.js';
 import { errnoText } from '../source/open-source.js';
-import type { Sink } from './sink.js';
+import type { SeekableSink } from './sink.js';
 
-export class FileSink implements Sink {
+const READ_BACK_CHUNK = 4 << 20;
+
+export class FileSink implements SeekableSink {
   readonly description: string;
+  private position = 0;
+
   private constructor(private readonly target: string, private readonly temp: string, private fh: FileHandle | undefined) {
     this.description = `file ${target}`;
   }
@@ -16,24 +20,39 @@ export class FileSink implements Sink {
   static async create(target: string): Promise<FileSink> {
     const temp = join(dirname(target), `.${basename(target)}.bmsnap-${process.pid}.partial`);
     try {
-      return new FileSink(target, temp, await open(temp, 'wx', 0o644));
+      return new FileSink(target, temp, await open(temp, 'wx+', 0o644));
     } catch (err) {
       throw new OutputError(`cannot create ${target}: ${errnoText(err)}`, { cause: err });
     }
   }
 
   async write(chunk: Buffer): Promise<void> {
+    await this.writeAt(chunk, this.position);
+    this.position += chunk.length;
+  }
+
+  async writeAt(chunk: Buffer, position: number): Promise<void> {
     let done = 0;
     try {
-      while (done < chunk.length) done += (await this.fh!.write(chunk, done)).bytesWritten;
+      while (done < chunk.length) done += (await this.fh!.write(chunk, done, chunk.length - done, position + done)).bytesWritten;
     } catch (err) {
       throw new OutputError(`cannot write ${this.target}: ${errnoText(err)}`, { cause: err });
     }
   }
 
+  async readBack(onChunk: (chunk: Buffer) => Promise<void>): Promise<void> {
+    const buf = Buffer.allocUnsafe(READ_BACK_CHUNK);
+    for (let pos = 0; ; ) {
+      const { bytesRead } = await this.fh!.read(buf, 0, buf.length, pos);
+      if (bytesRead === 0) return;
+      await onChunk(buf.subarray(0, bytesRead));
+      pos += bytesRead;
+    }
+  }
+
   async finish(): Promise<void> {
     try {
-      await this.fh!.sync();
+      // No fsync: like cp and qemu-img, durability is left to the filesystem's writeback.
       await this.fh!.close();
       this.fh = undefined;
       await rename(this.temp, this.target);

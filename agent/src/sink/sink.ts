@@ -8,3 +8,14 @@ export interface Sink {
   /** Something failed: remove every trace of the partial result. Never throws. */
   abort(): Promise<void>;
 }
+
+/** A sink that can also be written at any offset and read back (a local file). */
+export interface SeekableSink extends Sink {
+  writeAt(chunk: Buffer, position: number): Promise<void>;
+  /** Reads what was written so far, in order, in chunks. */
+  readBack(onChunk: (chunk: Buffer) => Promise<void>): Promise<void>;
+}
+
+export function isSeekable(s: Sink): s is SeekableSink {
+  return typeof (s as SeekableSink).writeAt === 'function';
+}

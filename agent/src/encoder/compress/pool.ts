@@ -23,10 +23,11 @@ export class CompressionPool {
     }
   }
 
-  run(data: ArrayBuffer, clusters: number, emit: boolean): Promise<CompressResult> {
+  run(data: ArrayBuffer, clusters: number, emit: boolean, known?: Uint16Array): Promise<CompressResult> {
     if (this.failed) return Promise.reject(this.failed);
     return new Promise((resolve, reject) => {
-      this.queue.push({ job: { id: this.nextId++, data, clusters, emit }, resolve, reject });
+      const job: CompressJob = { id: this.nextId++, data, clusters, emit, ...(known ? { known } : {}) };
+      this.queue.push({ job, resolve, reject });
       this.pump();
     });
   }

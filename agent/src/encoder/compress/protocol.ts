@@ -9,11 +9,13 @@ export interface WorkerConfig {
 
 export interface CompressJob {
   id: number;
-  /** `clusters` whole clusters, unused bytes already zeroed. Transferred, not copied. */
+  /** `clusters` whole clusters, unused bytes already zeroed. Transferred, and handed back. */
   data: ArrayBuffer;
   clusters: number;
-  /** false: sizing pass, only sizes come back; true: the payloads come back too. */
+  /** false: sizing pass, only codes come back; true: the payloads come back too. */
   emit: boolean;
+  /** emit only: the sizing pass's codes for these clusters (stored frames need no compressing). */
+  known?: Uint16Array;
 }
 
 /** Per-cluster size code in the sizing table: 0 = all zero (not stored), STORED = stored frame. */
@@ -25,4 +27,6 @@ export interface CompressResult {
   codes: Uint16Array;
   /** emit only: the stored payloads of the non-zero clusters, back to back. */
   payload?: ArrayBuffer;
+  /** The job's input buffer, returned for reuse. */
+  data: ArrayBuffer;
 }

@@ -1,8 +1,9 @@
-// Where everything goes in the output file. All metadata sits in front of the data so the file
-// can be written strictly front to back:
+// Where everything goes in the output file:
 //   header | L1 | refcount table | refcount blocks | L2 tables | packed cluster data | pad
-// The sizing pass supplies each cluster's stored size, so every offset is known before the
-// first byte is written.
+// The metadata area depends only on the used-block map (an L2 table for every 512 MiB range
+// holding a mapped cluster; refcount blocks for the largest file the map could produce), so a
+// streamed image and a seekable one come out byte-identical. Only the data offsets depend on
+// compressed sizes, which the size table records.
 import { mappedClusters } from '../cluster-plan.js';
 import type { Extent } from '../../map/extents.js';
 import { STORED } from '../compress/protocol.js';
@@ -31,9 +32,7 @@ export interface Layout {
   /** L1 index -> host offset of its L2 table, in ascending L1 order. */
   l2Offsets: Map<number, number>;
   dataOffset: number;
-  dataBytes: number;
   metadataClusters: number;
-  fileSize: number;
 }
 
 const clustersFor = (bytes: number) => Math.ceil(bytes / CLUSTER_SIZE);
@@ -55,22 +54,22 @@ export function* storedClusters(used: readonly Extent[], table: SizeTable, dataO
   }
 }
 
-export function computeLayout(virtualSize: number, used: readonly Extent[], table: SizeTable): Layout {
+export function planLayout(virtualSize: number, used: readonly Extent[], storedSize: number): Layout {
   const l1Size = Math.max(1, Math.ceil(clustersFor(virtualSize) / L2_ENTRIES));
   const l1Clusters = clustersFor(l1Size * 8);
   const l2Indexes: number[] = [];
-  let dataBytes = 0;
-  for (const c of storedClusters(used, table, 0)) {
-    const l1i = Math.floor(c.guest / L2_ENTRIES);
+  let mapped = 0;
+  for (const guest of mappedClusters(used, CLUSTER_SIZE)) {
+    const l1i = Math.floor(guest / L2_ENTRIES);
     if (l2Indexes[l2Indexes.length - 1] !== l1i) l2Indexes.push(l1i);
-    dataBytes += c.size;
+    mapped++;
   }
-  const dataClusters = clustersFor(dataBytes);
+  const maxDataClusters = clustersFor(mapped * storedSize);
   // Refcount structures must count themselves: iterate to a fixed point.
   let refBlocks = 1;
   let refTableClusters = 1;
   for (;;) {
-    const total = 1 + l1Clusters + refTableClusters + refBlocks + l2Indexes.length + dataClusters;
+    const total = 1 + l1Clusters + refTableClusters + refBlocks + l2Indexes.length + maxDataClusters;
     const needBlocks = Math.ceil(total / REFCOUNTS_PER_BLOCK);
     const needTable = clustersFor(needBlocks * 8);
     if (needBlocks === refBlocks && needTable === refTableClusters) break;
@@ -83,10 +82,13 @@ export function computeLayout(virtualSize: number, used: readonly Extent[], tabl
   const l2Base = refBlocksOffset + refBlocks * CLUSTER_SIZE;
   const l2Offsets = new Map(l2Indexes.map((l1i, n) => [l1i, l2Base + n * CLUSTER_SIZE]));
   const dataOffset = l2Base + l2Indexes.length * CLUSTER_SIZE;
-  const metadataClusters = dataOffset / CLUSTER_SIZE;
   return {
     virtualSize, l1Size, l1Offset, refTableOffset, refTableClusters, refBlocksOffset,
-    refBlockCount: refBlocks, l2Offsets, dataOffset, dataBytes, metadataClusters,
-    fileSize: (metadataClusters + dataClusters) * CLUSTER_SIZE,
+    refBlockCount: refBlocks, l2Offsets, dataOffset, metadataClusters: dataOffset / CLUSTER_SIZE,
   };
+}
+
+/** The file ends at the first cluster boundary after the data. */
+export function fileSizeFor(layout: Layout, dataBytes: number): number {
+  return layout.dataOffset + clustersFor(dataBytes) * CLUSTER_SIZE;
 }

@@ -61,18 +61,17 @@ function* refcountBlocks(layout: Layout, used: readonly Extent[], table: SizeTab
   }
 }
 
+/** One L2 table per planned L1 index (some may stay empty: all their clusters were zero). */
 function* l2Tables(layout: Layout, used: readonly Extent[], table: SizeTable, plain: boolean): Generator<Buffer> {
-  let current = -1;
-  let b: Buffer | undefined;
-  for (const c of storedClusters(used, table, layout.dataOffset)) {
-    const l1i = Math.floor(c.guest / L2_ENTRIES);
-    if (l1i !== current) {
-      if (b) yield b;
-      b = Buffer.alloc(CLUSTER_SIZE);
-      current = l1i;
+  const clusters = storedClusters(used, table, layout.dataOffset);
+  let next = clusters.next();
+  for (const l1i of layout.l2Offsets.keys()) {
+    const b = Buffer.alloc(CLUSTER_SIZE);
+    while (!next.done && Math.floor(next.value.guest / L2_ENTRIES) === l1i) {
+      const c = next.value;
+      b.writeBigUInt64BE(plain ? plainEntry(c.offset) : compressedEntry(c.offset, c.size), (c.guest % L2_ENTRIES) * 8);
+      next = clusters.next();
     }
-    const entry = plain ? plainEntry(c.offset) : compressedEntry(c.offset, c.size);
-    b!.writeBigUInt64BE(entry, (c.guest % L2_ENTRIES) * 8);
+    yield b;
   }
-  if (b) yield b;
 }

@@ -1,0 +1,69 @@
+// md5 + sha512 + size of a byte stream (the digests Glance reports as checksum, os_hash_value
+// and size). Each digest runs on its own thread, so hashing keeps up with compression instead
+// of serialising behind it. Chunks are copied to each thread in order; at most MAX_PENDING
+// bytes wait per thread, so memory stays bounded.
+import { once } from 'node:events';
+import { Worker } from 'node:worker_threads';
+
+export interface Digests { size: number; md5: string; sha512: string }
+
+const MAX_PENDING = 16 << 20;
+type Reply = number | { digest: string };
+
+class DigestThread {
+  private readonly worker: Worker;
+  private pending = 0;
+  private waiter: (() => void) | undefined;
+
+  constructor(algorithm: string) {
+    this.worker = new Worker(new URL('./hash-worker.js', import.meta.url), { workerData: algorithm });
+    this.worker.on('message', (m: Reply) => {
+      if (typeof m !== 'number') return;
+      this.pending -= m;
+      if (this.waiter && this.pending <= MAX_PENDING / 2) { this.waiter(); this.waiter = undefined; }
+    });
+  }
+
+  async update(chunk: Uint8Array): Promise<void> {
+    const copy = new ArrayBuffer(chunk.length);
+    new Uint8Array(copy).set(chunk);
+    this.worker.postMessage(copy, [copy]);
+    this.pending += chunk.length;
+    if (this.pending > MAX_PENDING) await new Promise<void>((resolve) => { this.waiter = resolve; });
+  }
+
+  async digest(): Promise<string> {
+    this.worker.postMessage('end');
+    for (;;) {
+      const [m] = (await once(this.worker, 'message')) as [Reply];
+      if (typeof m !== 'number') return m.digest;
+    }
+  }
+
+  close(): Promise<number> { return this.worker.terminate(); }
+}
+
+export class Hasher {
+  private readonly md5 = new DigestThread('md5');
+  private readonly sha512 = new DigestThread('sha512');
+  private size = 0;
+
+  get bytes(): number { return this.size; }
+
+  async update(chunk: Uint8Array): Promise<void> {
+    if (chunk.length === 0) return;
+    this.size += chunk.length;
+    await Promise.all([this.md5.update(chunk), this.sha512.update(chunk)]);
+  }
+
+  /** The digests of everything passed to update(); the threads end with it. */
+  async digest(): Promise<Digests> {
+    const [md5, sha512] = await Promise.all([this.md5.digest(), this.sha512.digest()]);
+    await this.close();
+    return { size: this.size, md5, sha512 };
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.md5.close(), this.sha512.close()]);
+  }
+}
