@@ -60,26 +60,32 @@ export async function encodeQcow2(src: ByteReader, map: DiskMap, out: { stream: 
   const inFlight = opts.workers * 2 + 2;
   const table: SizeTable = { codes: new Uint16Array(countMappedClusters(map.used, CLUSTER_SIZE)), storedSize: codec.storedSize };
   const layout = planLayout(map.size, map.used, codec.storedSize);
-  // Batch buffers go to a worker and come back: a fixed set of them bounds memory.
-  const free: ArrayBuffer[] = [];
+  // Batch and payload buffers go to a worker and come back: a fixed set of them bounds memory.
+  const freeData: ArrayBuffer[] = [];
+  const freeOut: ArrayBuffer[] = [];
   const bytesOf = (b: Batch) => b.used.reduce((n, e) => n + e.length, 0);
 
   /** Runs every batch through read -> compress, and hands results to `consume` in order. */
   const runPass = (mode: 'size' | 'emit' | 'verify', consume: (r: CompressResult, b: OrdinalBatch) => Promise<void> | void) =>
     pipelineInOrder(withOrdinals(planBatches(map.used, CLUSTER_SIZE, BATCH_CLUSTERS)), inFlight, async (b) => {
-      const data = free.pop() ?? new ArrayBuffer(BATCH_CLUSTERS * CLUSTER_SIZE);
+      const data = freeData.pop() ?? new ArrayBuffer(BATCH_CLUSTERS * CLUSTER_SIZE);
       try {
         await readBatch(src, b, CLUSTER_SIZE, Buffer.from(data));
       } catch (err) {
-        free.push(data);
+        freeData.push(data);
         throw err;
       }
+      const out = mode === 'size' ? undefined : freeOut.pop() ?? new ArrayBuffer(BATCH_CLUSTERS * codec.storedSize);
       const known = mode === 'verify' ? table.codes.slice(b.ordinal, b.ordinal + b.clusters) : undefined;
-      const r = await pool.run(data, b.clusters, mode !== 'size', known);
-      free.push(r.data);
+      const r = await pool.run(data, b.clusters, out, known);
+      freeData.push(r.data);
       return r;
     }, async (r, b) => {
-      await consume(r, b);
+      try {
+        await consume(r, b);
+      } finally {
+        if (r.out) freeOut.push(r.out);
+      }
       progress.advance(bytesOf(b));
     }, opts.signal);
 
@@ -98,7 +104,7 @@ export async function encodeQcow2(src: ByteReader, map: DiskMap, out: { stream: 
       progress.phase('writing', map.usedBytes);
       await runPass('emit', async (r, b) => {
         table.codes.set(r.codes, b.ordinal);
-        const payload = Buffer.from(r.payload!);
+        const payload = Buffer.from(r.out!, 0, r.outLength);
         if (payload.length) await sink.writeAt(payload, layout.dataOffset + dataBytes);
         dataBytes += payload.length;
       });
@@ -116,7 +122,7 @@ export async function encodeQcow2(src: ByteReader, map: DiskMap, out: { stream: 
             throw new SourceChangedError(`the source changed while it was being imaged (cluster at byte ${(b.firstCluster + i) * CLUSTER_SIZE}); image an unmounted disk or a frozen snapshot`);
           }
         }
-        const payload = Buffer.from(r.payload!);
+        const payload = Buffer.from(r.out!, 0, r.outLength);
         if (payload.length) await sink.write(payload);
         dataBytes += payload.length;
       });

@@ -1,42 +1,53 @@
 // md5 + sha512 + size of a byte stream (the digests Glance reports as checksum, os_hash_value
 // and size). Each digest runs on its own thread, so hashing keeps up with compression instead
-// of serialising behind it. Chunks are copied to each thread in order; at most MAX_PENDING
-// bytes wait per thread, so memory stays bounded.
+// of serialising behind it. Chunks are copied into a small set of buffers that cycle between
+// this thread and the hashing threads, so memory stays flat.
 import { once } from 'node:events';
 import { Worker } from 'node:worker_threads';
 
 export interface Digests { size: number; md5: string; sha512: string }
 
-const MAX_PENDING = 16 << 20;
-type Reply = number | { digest: string };
+const SLOT = 4 << 20;
+const SLOTS = 4;
+type Reply = ArrayBuffer | { digest: string };
 
 class DigestThread {
   private readonly worker: Worker;
-  private pending = 0;
+  private readonly free: ArrayBuffer[] = [];
+  private created = 0;
   private waiter: (() => void) | undefined;
 
   constructor(algorithm: string) {
     this.worker = new Worker(new URL('./hash-worker.js', import.meta.url), { workerData: algorithm });
     this.worker.on('message', (m: Reply) => {
-      if (typeof m !== 'number') return;
-      this.pending -= m;
-      if (this.waiter && this.pending <= MAX_PENDING / 2) { this.waiter(); this.waiter = undefined; }
+      if (!(m instanceof ArrayBuffer)) return;
+      this.free.push(m);
+      this.waiter?.();
+      this.waiter = undefined;
     });
   }
 
   async update(chunk: Uint8Array): Promise<void> {
-    const copy = new ArrayBuffer(chunk.length);
-    new Uint8Array(copy).set(chunk);
-    this.worker.postMessage(copy, [copy]);
-    this.pending += chunk.length;
-    if (this.pending > MAX_PENDING) await new Promise<void>((resolve) => { this.waiter = resolve; });
+    for (let off = 0; off < chunk.length; off += SLOT) {
+      const part = chunk.subarray(off, off + SLOT);
+      const buf = await this.slot();
+      new Uint8Array(buf).set(part);
+      this.worker.postMessage({ buf, len: part.length }, [buf]);
+    }
+  }
+
+  private async slot(): Promise<ArrayBuffer> {
+    while (!this.free.length && this.created >= SLOTS) await new Promise<void>((resolve) => { this.waiter = resolve; });
+    if (this.free.length) return this.free.pop()!;
+    this.created++;
+    return new ArrayBuffer(SLOT);
   }
 
   async digest(): Promise<string> {
     this.worker.postMessage('end');
     for (;;) {
       const [m] = (await once(this.worker, 'message')) as [Reply];
-      if (typeof m !== 'number') return m.digest;
+      if (!(m instanceof ArrayBuffer)) return m.digest;
     }
   }
 

@@ -2,6 +2,7 @@
 export interface Sink {
   /** For messages: "file /x/y.qcow2", "stdout", "glance image <id>". */
   readonly description: string;
+  /** Resolves once the sink no longer needs `chunk`: callers reuse their buffers. */
   write(chunk: Buffer): Promise<void>;
   /** All bytes written: make the result visible (rename, close, commit). */
   finish(): Promise<void>;

@@ -1,5 +1,4 @@
 // Writes the image to standard output (a pipe into curl, ssh, another tool), with backpressure.
-import { once } from 'node:events';
 import { OutputError } from '../errors.js';
 import type { Sink } from './sink.js';
 
@@ -14,7 +13,8 @@ export class StdoutSink implements Sink {
 
   async write(chunk: Buffer): Promise<void> {
     this.check();
-    if (!this.out.write(chunk)) await Promise.race([once(this.out, 'drain'), this.failed]);
+    // Wait for the write callback, not just 'drain': the caller reuses `chunk` afterwards.
+    await Promise.race([new Promise<void>((resolve) => this.out.write(chunk, () => resolve())), this.failed]);
     this.check();
   }
 

@@ -23,10 +23,11 @@ export class CompressionPool {
     }
   }
 
-  run(data: ArrayBuffer, clusters: number, emit: boolean, known?: Uint16Array): Promise<CompressResult> {
+  /** Compresses `clusters` clusters of `data`; with `out`, the frames are written there too. */
+  run(data: ArrayBuffer, clusters: number, out?: ArrayBuffer, known?: Uint16Array): Promise<CompressResult> {
     if (this.failed) return Promise.reject(this.failed);
     return new Promise((resolve, reject) => {
-      const job: CompressJob = { id: this.nextId++, data, clusters, emit, ...(known ? { known } : {}) };
+      const job: CompressJob = { id: this.nextId++, data, clusters, ...(out ? { out } : {}), ...(known ? { known } : {}) };
       this.queue.push({ job, resolve, reject });
       this.pump();
     });
@@ -43,7 +44,7 @@ export class CompressionPool {
       const w = this.idle.pop()!;
       const p = this.queue.shift()!;
       this.busy.set(w, p);
-      w.postMessage(p.job, [p.job.data]);
+      w.postMessage(p.job, [p.job.data, ...(p.job.out ? [p.job.out] : [])]);
     }
   }
 

@@ -1,4 +1,5 @@
-// Messages between the encoder and its compression workers.
+// Messages between the encoder and its compression workers. Buffers travel by transfer and
+// come back with the result, so a fixed set of them is reused and memory stays flat.
 import type { CodecName } from './codecs.js';
 
 export interface WorkerConfig {
@@ -9,12 +10,12 @@ export interface WorkerConfig {
 
 export interface CompressJob {
   id: number;
-  /** `clusters` whole clusters, unused bytes already zeroed. Transferred, and handed back. */
+  /** `clusters` whole clusters, unused bytes already zeroed. */
   data: ArrayBuffer;
   clusters: number;
-  /** false: sizing pass, only codes come back; true: the payloads come back too. */
-  emit: boolean;
-  /** emit only: the sizing pass's codes for these clusters (stored frames need no compressing). */
+  /** Where the payloads go (emit only): room for `clusters` stored frames. */
+  out?: ArrayBuffer;
+  /** Writing pass of a stream: the sizing pass's codes (stored frames need no compressing). */
   known?: Uint16Array;
 }
 
@@ -25,8 +26,8 @@ export interface CompressResult {
   id: number;
   /** Size code per cluster: 0, STORED, or the compressed length (1..65534). */
   codes: Uint16Array;
-  /** emit only: the stored payloads of the non-zero clusters, back to back. */
-  payload?: ArrayBuffer;
-  /** The job's input buffer, returned for reuse. */
   data: ArrayBuffer;
+  out?: ArrayBuffer;
+  /** Bytes of payload at the start of `out`: the non-zero clusters' frames, back to back. */
+  outLength: number;
 }
