@@ -74,7 +74,11 @@ export async function imageDisk(source: Source, sink: Sink, opts: ImageOptions):
     if (seekable) {
       const hasher = new Hasher();
       try {
-        await seekable.readBack((chunk) => hasher.update(chunk));
+        progress.phase('hashing', qcow2!.fileSize);
+        await seekable.readBack(async (chunk) => {
+          await hasher.update(chunk);
+          progress.advance(chunk.length);
+        });
         digests = await hasher.digest();
       } finally {
         await hasher.close();
