@@ -24,6 +24,8 @@ export interface ImageOptions {
   progress?: Progress;
   signal?: AbortSignal;
   log?: Logger;
+  /** The used-block map, if the caller already built it. */
+  map?: DiskMap;
 }
 
 export interface Manifest {
@@ -54,8 +56,8 @@ export async function imageDisk(source: Source, sink: Sink, opts: ImageOptions):
   const seekable = opts.format === 'qcow2' && isSeekable(sink) ? sink : undefined;
   const hashing = seekable ? undefined : new HashingSink(sink);
   try {
-    const map = await buildDiskMap(source, source.sectorSize);
-    for (const w of map.warnings) opts.log?.warn(w);
+    const map = opts.map ?? await buildDiskMap(source, source.sectorSize);
+    if (!opts.map) for (const w of map.warnings) opts.log?.warn(w);
     opts.log?.info({ table: map.table.type, partitions: map.partitions.length, usedBytes: map.usedBytes, size: map.size }, 'used-block map ready');
     let qcow2: Qcow2Stats | undefined;
     const level = opts.level ?? DEFAULT_LEVEL[opts.codec];

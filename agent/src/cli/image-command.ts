@@ -1,23 +1,28 @@
 // `bmsnap image SOURCE -o OUT`: image a disk or raw image file locally.
-import { stat, writeFile } from 'node:fs/promises';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { UsageError, OutputError } from '../errors.js';
 import { imageDisk, type ImageFormat } from '../image-disk.js';
 import type { CodecName } from '../encoder/compress/codecs.js';
 import { createLogger } from '../log.js';
 import { openSource } from '../source/open-source.js';
+import { resolveGlance } from '../glance/auth.js';
+import { GlanceClient } from '../glance/client.js';
+import { publishToGlance } from '../glance/publish.js';
 import { FileSink } from '../sink/file-sink.js';
 import { StdoutSink } from '../sink/stdout-sink.js';
 import type { Sink } from '../sink/sink.js';
 import { logProgress, terminalProgress } from './progress-display.js';
 
 export const IMAGE_USAGE = `usage: bmsnap image SOURCE -o OUT [options]
+       bmsnap image SOURCE --glance NAME [glance options] [options]
 
 Images SOURCE (a block device or a raw disk image file, opened read-only) into OUT
-(a file, or - for stdout), copying only the blocks its filesystems use.
+(a file, or - for stdout), or straight into a new Glance image, copying only the blocks
+its filesystems use.
 
 options:
-  -o, --output OUT        output file, or - for stdout (required)
+  -o, --output OUT        output file, or - for stdout
   -f, --format FMT        qcow2 (default) or raw
   -c, --compress CODEC    qcow2 compression: zstd (default; qemu >= 5.1), zlib (any qemu), none
       --level N           compression level (default: 1, the fast end)
@@ -26,7 +31,18 @@ options:
       --manifest PATH     write the manifest as JSON to PATH
   -q, --quiet             no progress output, only warnings and errors
       --log-level LEVEL   pino log level for JSON logs (default info)
-  -h, --help              this help`;
+  -h, --help              this help
+
+glance options (the image streams into Glance: no local copy; verified; deleted on failure):
+      --glance NAME       create image NAME and upload into it
+      --glance-url URL    Glance endpoint (or OS_IMAGE_URL); token from OS_TOKEN or --token-file
+      --token-file PATH   read the token from PATH (tokens never go on the command line)
+      --os-cloud CLOUD    use CLOUD from clouds.yaml (or OS_CLOUD); else OS_AUTH_URL + OS_*
+      --cacert PATH       trust this CA bundle; --insecure skips TLS verification
+      --visibility V      private (default), shared, community or public
+      --property K=V      extra image property (repeatable)
+      --retries N         fresh-image retries on Glance/network failures (default 2)
+      --keep-failed       keep a failed image for debugging instead of deleting it`;
 
 export async function imageCommand(argv: string[], signal: AbortSignal): Promise<void> {
   const { values, positionals } = parse(argv);
@@ -34,18 +50,54 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
   if (positionals.length !== 1) throw new UsageError('image takes exactly one SOURCE (see bmsnap image --help)');
   const sourcePath = positionals[0]!;
   const out = values.output;
-  if (!out) throw new UsageError('missing -o OUT (a file, or - for stdout)');
+  if (out && values.glance) throw new UsageError('choose one of -o OUT and --glance NAME');
+  if (!out && !values.glance) throw new UsageError('missing -o OUT (a file, or - for stdout) or --glance NAME');
   const format = choice(values.format ?? 'qcow2', ['qcow2', 'raw'], '--format') as ImageFormat;
   const codec = choice(values.compress ?? 'zstd', ['zstd', 'zlib', 'none'], '--compress') as CodecName;
   if (format === 'raw' && values.compress) throw new UsageError('--compress applies to qcow2 only');
   const level = values.level === undefined ? undefined : integer(values.level, '--level', codec === 'zstd' ? [1, 19] : [0, 9]);
   const workers = values.workers === undefined ? undefined : integer(values.workers, '--workers', [1, 256]);
+  const properties = parseProperties(values.property ?? []);
+  const visibility = choice(values.visibility ?? 'private', ['private', 'shared', 'community', 'public'], '--visibility') as 'private';
+  const retries = values.retries === undefined ? 2 : integer(values.retries, '--retries', [0, 10]);
   if (values.json && out === '-') throw new UsageError('--json prints on stdout, which carries the image with -o -; use --manifest PATH');
 
   const human = process.stderr.isTTY === true;
   const logLevel = values['log-level'] ?? (values.quiet ? 'warn' : 'info');
   const log = createLogger({ human, level: logLevel });
   const progress = values.quiet ? undefined : human ? terminalProgress() : logProgress(log);
+
+  if (values.glance) {
+    const token = values['token-file'] ? (await readFile(values['token-file'], 'utf8').catch(() => { throw new UsageError(`cannot read --token-file ${values['token-file']}`); })).trim() : undefined;
+    const conn = await resolveGlance({
+      ...(values['glance-url'] ? { endpoint: values['glance-url'] } : {}),
+      ...(token ? { token } : {}),
+      ...(values['os-cloud'] ? { cloud: values['os-cloud'] } : {}),
+      ...(values.cacert ? { cacert: values.cacert } : {}),
+      insecure: values.insecure === true,
+    });
+    const client = new GlanceClient(conn);
+    const source = await openSource(sourcePath);
+    try {
+      const { image, manifest, attempts } = await publishToGlance(source, client, {
+        name: values.glance, visibility, properties, format, codec, retries, keepFailed: values['keep-failed'] === true,
+        captureMethod: 'offline-cli', signal, log,
+        ...(level !== undefined ? { level } : {}),
+        ...(workers !== undefined ? { workers } : {}),
+        ...(progress ? { progress } : {}),
+      });
+      progress?.done();
+      const full = { ...manifest, glance: { endpoint: client.base, imageId: image.id, name: image.name, status: image.status, attempts } };
+      if (values.manifest) await writeFile(values.manifest, JSON.stringify(full, null, 2) + '\n');
+      if (values.json) process.stdout.write(JSON.stringify(full, null, 2) + '\n');
+      log.info({ image: image.id, bytes: manifest.bytesWritten, sha512: manifest.sha512, seconds: Math.round(manifest.seconds * 10) / 10 }, 'glance image active');
+      process.stderr.write(`bmsnap: glance image ${image.id} active: ${manifest.bytesWritten} bytes, sha512 verified\n`);
+    } finally {
+      await source.close();
+      await client.close();
+    }
+    return;
+  }
 
   const source = await openSource(sourcePath);
   let sink: Sink | undefined;
@@ -54,8 +106,8 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
       if (process.stdout.isTTY) throw new UsageError('refusing to write an image to a terminal; use -o FILE or a pipe');
       sink = new StdoutSink();
     } else {
-      await checkOutputPath(out, sourcePath);
-      sink = await FileSink.create(out);
+      await checkOutputPath(out!, sourcePath);
+      sink = await FileSink.create(out!);
     }
     const manifest = await imageDisk(source, sink, {
       format, codec, signal, log,
@@ -94,11 +146,31 @@ function parse(argv: string[]) {
         quiet: { type: 'boolean', short: 'q' },
         'log-level': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
+        glance: { type: 'string' },
+        'glance-url': { type: 'string' },
+        'token-file': { type: 'string' },
+        'os-cloud': { type: 'string' },
+        cacert: { type: 'string' },
+        insecure: { type: 'boolean' },
+        visibility: { type: 'string' },
+        property: { type: 'string', multiple: true },
+        retries: { type: 'string' },
+        'keep-failed': { type: 'boolean' },
       },
     });
   } catch (err) {
     throw new UsageError((err as Error).message.split('\n')[0]!);
   }
+}
+
+function parseProperties(list: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const kv of list) {
+    const i = kv.indexOf('=');
+    if (i <= 0) throw new UsageError(`--property wants KEY=VALUE (got "${kv}")`);
+    out[kv.slice(0, i)] = kv.slice(i + 1);
+  }
+  return out;
 }
 
 function choice(v: string, allowed: string[], flag: string): string {

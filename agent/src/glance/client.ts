@@ -1,0 +1,131 @@
+// A small Glance v2 client over undici: create, upload (chunked, streamed), show, delete.
+import { Readable } from 'node:stream';
+import { Agent, request, type Dispatcher } from 'undici';
+import { GlanceError } from './errors.js';
+
+export interface GlanceImage {
+  id: string;
+  name?: string;
+  status: string;
+  size?: number | null;
+  checksum?: string | null;
+  os_hash_algo?: string | null;
+  os_hash_value?: string | null;
+  virtual_size?: number | null;
+  [property: string]: unknown;
+}
+
+export interface GlanceConnection {
+  /** Image service endpoint, e.g. http://127.0.0.1:9292 (with or without a trailing /v2). */
+  endpoint: string;
+  /** Keystone token, or undefined for a no-auth Glance. */
+  token?: string;
+  /** Extra headers (e.g. X-Project-Id for a Glance trusting identity headers). */
+  headers?: Record<string, string>;
+  /** PEM bundle of CAs to trust, in addition to none: when set, only these. */
+  ca?: string;
+  /** Default true. */
+  verifyTls?: boolean;
+}
+
+export class GlanceClient {
+  readonly base: string;
+  private readonly dispatcher: Dispatcher;
+
+  constructor(private readonly conn: GlanceConnection) {
+    this.base = conn.endpoint.replace(/\/+$/, '').replace(/\/v2$/, '');
+    this.dispatcher = new Agent({
+      connect: { rejectUnauthorized: conn.verifyTls !== false, ...(conn.ca ? { ca: conn.ca } : {}) },
+      // Uploads can pause while the disk is read; don't let an idle body time the request out.
+      bodyTimeout: 0,
+      headersTimeout: 0,
+    });
+  }
+
+  private headers(extra: Record<string, string> = {}): Record<string, string> {
+    return { ...(this.conn.token ? { 'x-auth-token': this.conn.token } : {}), ...this.conn.headers, ...extra };
+  }
+
+  private async call(method: Dispatcher.HttpMethod, path: string, opts: { json?: unknown; body?: Dispatcher.DispatchOptions['body']; headers?: Record<string, string>; signal?: AbortSignal; what: string }) {
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await request(`${this.base}${path}`, {
+        method,
+        dispatcher: this.dispatcher,
+        headers: this.headers({ ...(opts.json !== undefined ? { 'content-type': 'application/json' } : {}), accept: 'application/json', ...opts.headers }),
+        ...(opts.json !== undefined ? { body: JSON.stringify(opts.json) } : opts.body !== undefined ? { body: opts.body } : {}),
+        ...(opts.signal ? { signal: opts.signal } : {}),
+      });
+    } catch (err) {
+      throw new GlanceError(`${opts.what}: cannot reach Glance at ${this.base}: ${describeNetError(err)}`, undefined, { cause: err });
+    }
+    if (res.statusCode >= 400) {
+      const text = await res.body.text().catch(() => '');
+      throw new GlanceError(`${opts.what}: Glance answered ${res.statusCode}${explain(text)}`, res.statusCode);
+    }
+    return res;
+  }
+
+  async createImage(fields: Record<string, unknown>, signal?: AbortSignal): Promise<GlanceImage> {
+    const res = await this.call('POST', '/v2/images', { json: fields, what: 'creating the image', ...(signal ? { signal } : {}) });
+    return (await res.body.json()) as GlanceImage;
+  }
+
+  async getImage(id: string): Promise<GlanceImage> {
+    const res = await this.call('GET', `/v2/images/${encodeURIComponent(id)}`, { what: `reading image ${id}` });
+    return (await res.body.json()) as GlanceImage;
+  }
+
+  /** Streams the image data; `body` is consumed as it is produced (chunked transfer encoding). */
+  async upload(id: string, body: AsyncIterable<Uint8Array>, signal?: AbortSignal): Promise<void> {
+    const res = await this.call('PUT', `/v2/images/${encodeURIComponent(id)}/file`, {
+      body: Readable.from(body, { objectMode: false }),
+      headers: { 'content-type': 'application/octet-stream' },
+      what: `uploading image ${id}`,
+      ...(signal ? { signal } : {}),
+    });
+    await res.body.dump();
+  }
+
+  async deleteImage(id: string): Promise<void> {
+    const res = await this.call('DELETE', `/v2/images/${encodeURIComponent(id)}`, { what: `deleting image ${id}` }).catch((err: GlanceError) => {
+      if (err.status === 404) return undefined;
+      throw err;
+    });
+    await res?.body.dump();
+  }
+
+  async close(): Promise<void> {
+    await this.dispatcher.close();
+  }
+}
+
+/** Glance's error bodies: JSON {message} / {error:{message}} or an HTML page; keep one line. */
+function explain(text: string): string {
+  let msg = '';
+  try {
+    const j = JSON.parse(text) as { message?: string; error?: { message?: string }; title?: string };
+    msg = j.message ?? j.error?.message ?? j.title ?? '';
+  } catch {
+    msg = text.replace(/<[^>]*>/g, ' ');
+  }
+  msg = msg.replace(/\s+/g, ' ').trim().slice(0, 200);
+  return msg ? `: ${msg}` : '';
+}
+
+function describeNetError(err: unknown): string {
+  const e = err as { code?: string; message?: string; cause?: { code?: string; message?: string } };
+  const code = e.cause?.code ?? e.code;
+  const text: Record<string, string> = {
+    ECONNREFUSED: 'connection refused',
+    ECONNRESET: 'connection reset',
+    ETIMEDOUT: 'timed out',
+    ENOTFOUND: 'host not found',
+    UND_ERR_SOCKET: 'connection closed',
+    UND_ERR_ABORTED: 'aborted',
+    DEPTH_ZERO_SELF_SIGNED_CERT: 'self-signed certificate (use --cacert)',
+    SELF_SIGNED_CERT_IN_CHAIN: 'untrusted certificate chain (use --cacert)',
+    UNABLE_TO_VERIFY_LEAF_SIGNATURE: 'untrusted certificate (use --cacert)',
+  };
+  return (code && text[code]) ?? code ?? e.message ?? String(err);
+}

@@ -1,0 +1,119 @@
+// Disk -> Glance image, verified. Creates the image, streams the snapshot into it, then
+// compares Glance's size, md5 checksum and sha512 os_hash_value with bmsnap's own. Any failure
+// deletes the image it created (unless keepFailed); transient Glance failures are retried with
+// a fresh image each time (Glance has no resumable upload).
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from 'pino';
+import { AbortedError } from '../errors.js';
+import { imageDisk, type ImageFormat, type Manifest } from '../image-disk.js';
+import { buildDiskMap, type DiskMap } from '../map/build-map.js';
+import type { CodecName } from '../encoder/compress/codecs.js';
+import type { Progress } from '../encoder/progress.js';
+import type { Source } from '../source/open-source.js';
+import { VERSION } from '../version.js';
+import type { GlanceClient, GlanceImage } from './client.js';
+import { GlanceError, VerificationError } from './errors.js';
+import { GlanceSink } from './glance-sink.js';
+
+export interface PublishOptions {
+  name: string;
+  visibility?: 'private' | 'shared' | 'community' | 'public';
+  /** Extra image properties (string values, as Glance requires). */
+  properties?: Record<string, string>;
+  /** How the disk was captured, recorded as bmsnap_capture_method ("offline", "ironic-service-step", ...). */
+  captureMethod?: string;
+  format: ImageFormat;
+  codec: CodecName;
+  level?: number;
+  workers?: number;
+  retries?: number;
+  keepFailed?: boolean;
+  progress?: Progress;
+  signal?: AbortSignal;
+  log?: Logger;
+}
+
+export interface PublishResult {
+  image: GlanceImage;
+  manifest: Manifest;
+  attempts: number;
+}
+
+const GiB = 2 ** 30;
+
+export async function publishToGlance(source: Source, client: GlanceClient, opts: PublishOptions): Promise<PublishResult> {
+  const map = await buildDiskMap(source, source.sectorSize);
+  for (const w of map.warnings) opts.log?.warn(w);
+  const retries = opts.retries ?? 2;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const { image, manifest } = await attemptOnce(source, client, map, opts);
+      return { image, manifest, attempts: attempt };
+    } catch (err) {
+      const retry = err instanceof GlanceError && err.retryable && attempt <= retries && !opts.signal?.aborted;
+      if (!retry) throw err;
+      const delay = 1000 * 2 ** (attempt - 1);
+      opts.log?.warn({ attempt, delayMs: delay, error: err.message }, 'upload failed; retrying with a fresh image');
+      await sleep(delay, undefined, opts.signal ? { signal: opts.signal } : {}).catch(() => { throw new AbortedError(); });
+    }
+  }
+}
+
+async function attemptOnce(source: Source, client: GlanceClient, map: DiskMap, opts: PublishOptions): Promise<{ image: GlanceImage; manifest: Manifest }> {
+  const image = await client.createImage({
+    name: opts.name,
+    disk_format: opts.format,
+    container_format: 'bare',
+    visibility: opts.visibility ?? 'private',
+    min_disk: Math.ceil(map.size / GiB),
+    ...provenance(source, map, opts),
+    ...opts.properties,
+  }, opts.signal);
+  opts.log?.info({ image: image.id, name: opts.name }, 'glance image created');
+  try {
+    const sink = new GlanceSink(client, image.id);
+    const manifest = await imageDisk(source, sink, {
+      format: opts.format, codec: opts.codec, map,
+      ...(opts.level !== undefined ? { level: opts.level } : {}),
+      ...(opts.workers !== undefined ? { workers: opts.workers } : {}),
+      ...(opts.progress ? { progress: opts.progress } : {}),
+      ...(opts.signal ? { signal: opts.signal } : {}),
+      ...(opts.log ? { log: opts.log } : {}),
+    });
+    const stored = await client.getImage(image.id);
+    verify(stored, manifest);
+    return { image: stored, manifest };
+  } catch (err) {
+    if (opts.keepFailed) {
+      opts.log?.warn({ image: image.id }, 'keeping the failed image (--keep-failed)');
+    } else {
+      await client.deleteImage(image.id).catch((e: Error) => {
+        opts.log?.error({ image: image.id, error: e.message }, 'could not delete the failed image');
+      });
+    }
+    throw err;
+  }
+}
+
+function verify(img: GlanceImage, m: Manifest): void {
+  const problems: string[] = [];
+  if (img.status !== 'active') problems.push(`status is ${img.status}, not active`);
+  if (img.size !== m.bytesWritten) problems.push(`size ${img.size} != ${m.bytesWritten} sent`);
+  if (img.checksum && img.checksum !== m.md5) problems.push('md5 checksum differs');
+  if (img.os_hash_algo === 'sha512' && img.os_hash_value !== m.sha512) problems.push('sha512 differs');
+  if (!img.checksum && img.os_hash_algo !== 'sha512') problems.push('Glance reported no digest to compare');
+  if (problems.length) throw new VerificationError(`image ${img.id} does not match what was sent: ${problems.join('; ')}`);
+}
+
+function provenance(source: Source, map: DiskMap, opts: PublishOptions): Record<string, string> {
+  return {
+    bmsnap_version: VERSION,
+    bmsnap_capture_method: opts.captureMethod ?? 'offline',
+    bmsnap_captured_at: new Date().toISOString(),
+    bmsnap_source: source.path,
+    bmsnap_source_size: String(source.size),
+    bmsnap_partition_table: map.table.type,
+    bmsnap_filesystems: map.partitions.map((p) => `${p.index}:${p.fs ?? 'unknown'}`).join(','),
+    bmsnap_compression: opts.format === 'qcow2' ? opts.codec : 'none',
+  };
+}
