@@ -3,11 +3,14 @@
 import { describeError, UsageError, AbortedError, BmsnapError } from '../errors.js';
 import { VERSION } from '../version.js';
 import { imageCommand } from './image-command.js';
+import { agentCommand } from './agent-command.js';
 
 const USAGE = `usage: bmsnap <command> [options]
 
 commands:
   image SOURCE -o OUT    image a disk or raw image file into a compressed qcow2 (or raw)
+  image SOURCE --glance NAME   ... straight into a new Glance image
+  agent                  run the ironic-python-agent compatible agent (ramdisk)
 
 bmsnap <command> --help for the command's options; bmsnap --version for the version.`;
 
@@ -31,6 +34,9 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case 'image':
       await imageCommand(rest, controller.signal);
+      return 0;
+    case 'agent':
+      await agentCommand(rest, controller.signal);
       return 0;
     default:
       throw new UsageError(`unknown command "${command}" (try bmsnap --help)`);

@@ -28,6 +28,11 @@ export interface PublishOptions {
   workers?: number;
   retries?: number;
   keepFailed?: boolean;
+  /**
+   * Upload into this existing (queued) image instead of creating one: whoever created it (the
+   * conductor plugin) owns it, verifies it and deletes it on failure; no retries here.
+   */
+  imageId?: string;
   progress?: Progress;
   signal?: AbortSignal;
   log?: Logger;
@@ -44,14 +49,25 @@ const GiB = 2 ** 30;
 export async function publishToGlance(source: Source, client: GlanceClient, opts: PublishOptions): Promise<PublishResult> {
   const map = await buildDiskMap(source, source.sectorSize);
   for (const w of map.warnings) opts.log?.warn(w);
-  const retries = opts.retries ?? 2;
+  const retries = opts.imageId ? 0 : opts.retries ?? 2;
+  // Failed images whose DELETE failed too (Glance unreachable): tried again before each retry and
+  // at the end; the final error names any still left, so the user can remove them.
+  const leftBehind = new Set<string>();
   for (let attempt = 1; ; attempt++) {
     try {
-      const { image, manifest } = await attemptOnce(source, client, map, opts);
+      if (leftBehind.size) await deleteLeftBehind(client, leftBehind, opts);
+      const { image, manifest } = await attemptOnce(source, client, map, opts, leftBehind);
       return { image, manifest, attempts: attempt };
     } catch (err) {
       const retry = err instanceof GlanceError && err.retryable && attempt <= retries && !opts.signal?.aborted;
-      if (!retry) throw err;
+      if (!retry) {
+        if (leftBehind.size) await deleteLeftBehind(client, leftBehind, opts);
+        if (leftBehind.size && err instanceof Error) {
+          const ids = [...leftBehind];
+          err.message += `; image${ids.length > 1 ? 's' : ''} ${ids.join(', ')} may be left in Glance (deleting ${ids.length > 1 ? 'them' : 'it'} failed)`;
+        }
+        throw err;
+      }
       const delay = 1000 * 2 ** (attempt - 1);
       opts.log?.warn({ attempt, delayMs: delay, error: err.message }, 'upload failed; retrying with a fresh image');
       await sleep(delay, undefined, opts.signal ? { signal: opts.signal } : {}).catch(() => { throw new AbortedError(); });
@@ -59,8 +75,18 @@ export async function publishToGlance(source: Source, client: GlanceClient, opts
   }
 }
 
-async function attemptOnce(source: Source, client: GlanceClient, map: DiskMap, opts: PublishOptions): Promise<{ image: GlanceImage; manifest: Manifest }> {
-  const image = await client.createImage({
+async function deleteLeftBehind(client: GlanceClient, ids: Set<string>, opts: PublishOptions): Promise<void> {
+  for (const id of ids) {
+    await client.deleteImage(id).then(() => {
+      ids.delete(id);
+      opts.log?.info({ image: id }, 'deleted the image a failed attempt left behind');
+    }, () => {});
+  }
+}
+
+async function attemptOnce(source: Source, client: GlanceClient, map: DiskMap, opts: PublishOptions, leftBehind: Set<string>): Promise<{ image: GlanceImage; manifest: Manifest }> {
+  const owned = !opts.imageId;
+  const image = opts.imageId ? await client.getImage(opts.imageId) : await client.createImage({
     name: opts.name,
     disk_format: opts.format,
     container_format: 'bare',
@@ -69,7 +95,8 @@ async function attemptOnce(source: Source, client: GlanceClient, map: DiskMap, o
     ...provenance(source, map, opts),
     ...opts.properties,
   }, opts.signal);
-  opts.log?.info({ image: image.id, name: opts.name }, 'glance image created');
+  if (owned) opts.log?.info({ image: image.id, name: opts.name }, 'glance image created');
+  else if (image.status !== 'queued') throw new GlanceError(`image ${image.id} is ${image.status}, not queued: it cannot take the upload`);
   try {
     const sink = new GlanceSink(client, image.id);
     const manifest = await imageDisk(source, sink, {
@@ -84,11 +111,14 @@ async function attemptOnce(source: Source, client: GlanceClient, map: DiskMap, o
     verify(stored, manifest);
     return { image: stored, manifest };
   } catch (err) {
-    if (opts.keepFailed) {
+    if (!owned) {
+      // Not ours to delete.
+    } else if (opts.keepFailed) {
       opts.log?.warn({ image: image.id }, 'keeping the failed image (--keep-failed)');
     } else {
       await client.deleteImage(image.id).catch((e: Error) => {
         opts.log?.error({ image: image.id, error: e.message }, 'could not delete the failed image');
+        leftBehind.add(image.id);
       });
     }
     throw err;

@@ -1,0 +1,101 @@
+// The `snapshot` service step: image the node's root disk straight into Glance.
+// Declared with every argument in argsinfo (the conductor rejects undeclared args).
+import type { Logger } from 'pino';
+import { z } from './argcheck.js';
+import { CommandFailure, type CommandContext } from '../command-runner.js';
+import { resolveGlance } from '../../glance/auth.js';
+import { GlanceClient } from '../../glance/client.js';
+import { publishToGlance } from '../../glance/publish.js';
+import { openSource } from '../../source/open-source.js';
+import { describeError } from '../../errors.js';
+import type { Progress } from '../../encoder/progress.js';
+import { chooseRootDevice, type RootDeviceHints } from '../root-device.js';
+
+export const SNAPSHOT_STEP = {
+  step: 'snapshot',
+  interface: 'deploy',
+  priority: 0,
+  reboot_requested: false,
+  abortable: true,
+  argsinfo: {
+    image_name: { description: 'Name of the Glance image to create (default: snapshot-<node name or uuid>-<UTC time>)', required: false },
+    visibility: { description: 'private (default), shared, community or public', required: false },
+    disk_format: { description: 'qcow2 (default) or raw', required: false },
+    compression: { description: 'qcow2 compression: zstd (default, qemu >= 5.1) or zlib (any qemu) or none', required: false },
+    properties: { description: 'Extra image properties, a JSON object of strings', required: false },
+    root_device_hints: { description: 'Which disk to capture, as Ironic root device hints (default: the node\'s root_device property, else the smallest disk >= 4 GiB)', required: false },
+    glance_url: { description: 'Glance endpoint for the agent-only step (the snapshot plugin supplies its own)', required: false },
+    glance_token: { description: 'Token for glance_url (agent-only step; note step args are visible in the node\'s fields)', required: false },
+  },
+} as const;
+
+/** Credentials the conductor plugin passes in the command parameters, outside the step. */
+export interface PluginCredentials { glance_url: string; token: string; image_id?: string }
+
+export interface SnapshotDeps { log?: Logger }
+
+export async function runSnapshot(params: Record<string, unknown>, ctx: CommandContext, deps: SnapshotDeps): Promise<unknown> {
+  const step = (params.step ?? {}) as { args?: Record<string, unknown> };
+  const args = step.args ?? {};
+  const node = (params.node ?? {}) as { uuid?: string; name?: string; properties?: { root_device?: RootDeviceHints } };
+  const a = z.parse(args);
+  const creds = (params.bmsnap ?? undefined) as PluginCredentials | undefined;
+  const endpoint = creds?.glance_url ?? a.glance_url;
+  const token = creds?.token ?? a.glance_token;
+  if (!endpoint) throw new CommandFailure('no Glance endpoint: the snapshot step needs glance_url (or the bmsnap conductor plugin)', 'InvalidArguments');
+
+  const device = await chooseRootDevice(a.root_device_hints ?? node.properties?.root_device).catch((err: unknown) => {
+    throw new CommandFailure(describeError(err), 'DeviceNotFound');
+  });
+  const name = a.image_name ?? `snapshot-${node.name ?? node.uuid ?? 'node'}-${new Date().toISOString().replace(/[:.]/g, '').slice(0, 15)}Z`;
+  const client = new GlanceClient(await resolveGlance({ endpoint, ...(token ? { token } : {}), env: {} }));
+  const source = await openSource(device);
+  const started = Date.now();
+  const progress = progressReporter(ctx);
+  try {
+    const { image, manifest } = await publishToGlance(source, client, {
+      name,
+      visibility: a.visibility ?? 'private',
+      properties: { ...(node.uuid ? { bmsnap_node_uuid: node.uuid } : {}), ...a.properties },
+      captureMethod: creds ? 'ironic-service-step' : 'ironic-service-step-agent-only',
+      format: a.disk_format ?? 'qcow2',
+      codec: a.compression ?? 'zstd',
+      progress,
+      signal: ctx.signal,
+      ...(creds?.image_id ? { imageId: creds.image_id } : {}),
+      ...(deps.log ? { log: deps.log } : {}),
+    });
+    return {
+      image_id: image.id,
+      image_name: name,
+      device,
+      size: manifest.bytesWritten,
+      virtual_size: manifest.virtualSize,
+      checksum: manifest.md5,
+      os_hash_algo: 'sha512',
+      os_hash_value: manifest.sha512,
+      seconds: Math.round((Date.now() - started) / 100) / 10,
+    };
+  } catch (err) {
+    throw new CommandFailure('Snapshot failed', 'SnapshotError', describeError(err));
+  } finally {
+    await source.close();
+    await client.close();
+  }
+}
+
+function progressReporter(ctx: CommandContext): Progress {
+  let phase = '';
+  let total = 0;
+  let done = 0;
+  let started = Date.now();
+  let last = 0;
+  const emit = () => {
+    const secs = (Date.now() - started) / 1000;
+    ctx.report({ phase, bytes: done, total, percent: total ? Math.round((1000 * done) / total) / 10 : 0, mb_per_s: secs > 0 ? Math.round(done / secs / 1e5) / 10 : 0 });
+  };
+  return {
+    phase(n, t) { phase = n; total = t; done = 0; started = Date.now(); emit(); },
+    advance(b) { done += b; if (Date.now() - last > 1000) { last = Date.now(); emit(); } },
+  };
+}
