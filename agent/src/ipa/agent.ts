@@ -47,6 +47,9 @@ export async function startAgent(config: AgentConfig, log: Logger, opts: { logFi
   log.info({ callbackUrl, tls: !!tls }, 'agent API listening');
 
   let lookup: LookupResult | undefined;
+  // With a pre-generated token and the node UUID (virtual media, or the bmsnap conductor plugin)
+  // there is nothing to look up - and Ironic < 35 refuses lookup in "service wait" anyway.
+  if (config.nodeUuid && config.agentToken) lookup = { node: { uuid: config.nodeUuid }, config: {} };
   for (let attempt = 0; !lookup; attempt++) {
     if (opts.signal?.aborted) break;
     try {

@@ -1,0 +1,1 @@
+"""Conductor side of the bmsnap ``snapshot`` service step for OpenStack Ironic."""

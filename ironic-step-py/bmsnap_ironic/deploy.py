@@ -1,0 +1,184 @@
+"""``bmsnap`` deploy interface: ``direct`` deploy plus a conductor-side ``snapshot`` service step.
+
+Why a conductor side at all (the agent alone also advertises ``deploy.snapshot``):
+
+* it creates the Glance image in the node's lessee (else owner) project with the conductor's
+  own Glance credentials, and hands the agent an upload token only inside the parameters of the
+  one command that uploads - never in step args, which the API shows to anyone who can read the
+  node;
+* it verifies the result (image active, size and digests equal to the agent's) before the node
+  goes back to ``active``, records the image id on the node, and deletes the image on failure or
+  abort;
+* it avoids the lookup limit of Ironic < 35 (agent lookup is refused in ``service wait`` with
+  the default ``[api]restrict_lookup``) the way virtual media does: the agent token is generated
+  in advance and passed, with the node UUID, as ramdisk kernel parameters.
+"""
+
+import datetime
+
+from ironic.common import exception
+from ironic.common import states
+from ironic.conductor import utils as manager_utils
+from ironic.drivers import base
+from ironic.drivers.modules import agent
+from ironic.drivers.modules import agent_client
+from ironic.drivers.modules import deploy_utils
+from ironic.drivers import utils as driver_utils
+from oslo_log import log
+
+from bmsnap_ironic import args as step_args
+from bmsnap_ironic.glance import GlanceImages
+
+LOG = log.getLogger(__name__)
+
+#: driver_internal_info key with the running / last snapshot (never anything secret).
+INFO = "bmsnap_snapshot"
+
+
+def _is_snapshot(step):
+    return bool(step) and step.get("interface") == "deploy" and step.get("step") == "snapshot"
+
+
+class BmsnapDeploy(agent.AgentDeploy):
+    """Agent-based deploy (like ``direct``) with the ``snapshot`` service step."""
+
+    def get_service_steps(self, task):
+        # Our decorated step replaces the agent's own ``snapshot`` (which it wraps).
+        agent_steps = [s for s in super(BmsnapDeploy, self).get_service_steps(task)
+                       if not _is_snapshot(s)]
+        return [dict(s) for s in self.service_steps] + agent_steps
+
+    def execute_service_step(self, task, step):
+        if _is_snapshot(step):
+            # BaseInterface's dispatcher: calls self.snapshot(task, **args).
+            return base.DeployInterface.execute_service_step(self, task, step)
+        return super(BmsnapDeploy, self).execute_service_step(task, step)
+
+    @base.service_step(priority=0, abortable=True, requires_ramdisk=True,
+                       argsinfo=step_args.ARGSINFO)
+    def snapshot(self, task, **kwargs):
+        """Capture the node's disk into a new Glance image (runs in the bmsnap ramdisk)."""
+        node = task.node
+        args = step_args.validate(kwargs)
+        images = GlanceImages()
+        name = args.get("image_name") or "snapshot-%s-%s" % (
+            node.name or node.uuid, datetime.datetime.utcnow().strftime("%Y%m%dT%H%M%SZ"))
+        props = {"bmsnap_node_uuid": node.uuid}
+        props.update(args["properties"])
+        image = images.create(name, args["disk_format"], args["visibility"],
+                              node.lessee or node.owner, props)
+        node.set_driver_internal_info(INFO, {"image_id": image["id"], "image_name": name,
+                                             "state": "uploading"})
+        node.save()
+        step = dict(node.service_step or {"interface": "deploy", "step": "snapshot"})
+        params = {
+            "step": step,
+            "node": node.as_dict(secure=True),
+            "ports": [p.as_dict() for p in task.ports],
+            "service_version": node.driver_internal_info.get("hardware_manager_version"),
+            # Only here: in the body of this one request to the agent.
+            "bmsnap": {"glance_url": images.endpoint, "token": images.token(),
+                       "image_id": image["id"]},
+        }
+        try:
+            agent_client.get_client(task)._command(
+                node=node, method="service.execute_service_step", params=params)
+        except Exception:
+            self._drop_image(task, "the agent did not accept the snapshot command")
+            raise
+        return states.SERVICEWAIT
+
+    def process_next_step(self, task, step_type, **kwargs):
+        node = task.node
+        if step_type == "service" and _is_snapshot(node.service_step) and node.driver_internal_info.get(INFO):
+            self._follow_snapshot(task)
+        return super(BmsnapDeploy, self).process_next_step(task, step_type, **kwargs)
+
+    def _follow_snapshot(self, task):
+        """On each heartbeat: copy progress to the node; verify or clean up at the end."""
+        node = task.node
+        commands = agent_client.get_client(task).get_commands_status(node)
+        last = commands[-1] if commands else None
+        if not last or last.get("command_name") != "execute_service_step":
+            return
+        info = dict(node.driver_internal_info.get(INFO) or {})
+        status = last.get("command_status")
+        result = last.get("command_result") or {}
+        if status == "RUNNING":
+            info["progress"] = result.get("progress")
+        elif status == "FAILED":
+            self._drop_image(task, "the snapshot step failed")
+            return
+        elif status == "SUCCEEDED" and info.get("state") == "uploading":
+            sent = result.get("service_result") or {}
+            self._verify(task, info["image_id"], sent)
+            info.update({"state": "active", "size": sent.get("size"),
+                         "os_hash_value": sent.get("os_hash_value"), "progress": None})
+        node.set_driver_internal_info(INFO, info)
+        node.save()
+
+    def _verify(self, task, image_id, sent):
+        img = GlanceImages().get(image_id)
+        problems = []
+        if img.get("status") != "active":
+            problems.append("status %s" % img.get("status"))
+        if img.get("size") != sent.get("size"):
+            problems.append("size %s != %s" % (img.get("size"), sent.get("size")))
+        if img.get("checksum") != sent.get("checksum"):
+            problems.append("md5 differs")
+        if img.get("os_hash_value") != sent.get("os_hash_value"):
+            problems.append("sha512 differs")
+        if problems:
+            self._drop_image(task, "verification failed")
+            raise exception.NodeServicingFailure(
+                node=task.node.uuid,
+                reason="snapshot image %s does not match what the agent sent: %s"
+                % (image_id, "; ".join(problems)))
+
+    def _drop_image(self, task, why):
+        node = task.node
+        info = dict(node.driver_internal_info.get(INFO) or {})
+        image_id = info.get("image_id")
+        if not image_id or info.get("state") in ("deleted", "active"):
+            return
+        try:
+            GlanceImages().delete(image_id)
+            info["state"] = "deleted"
+            LOG.info("Deleted snapshot image %s of node %s: %s", image_id, node.uuid, why)
+        except Exception as e:
+            info["state"] = "orphaned"
+            LOG.error("Could not delete snapshot image %s of node %s (%s): %s",
+                      image_id, node.uuid, why, e)
+        info["progress"] = None
+        node.set_driver_internal_info(INFO, info)
+        node.save()
+
+    def prepare_service(self, task):
+        """Boot the ramdisk with a pre-generated agent token and the node UUID on its command line.
+
+        Ironic < 35 refuses agent lookup in ``service wait`` unless ``[api]restrict_lookup`` is
+        off or fast-track is on; virtual-media style token pre-generation needs neither.
+        """
+        node = task.node
+        node.del_driver_internal_info(INFO)
+        manager_utils.add_secret_token(node, pregenerated=True)
+        node.save()
+        with driver_utils.power_off_and_on(task):
+            node.power_state = states.POWER_ON
+            node.save()
+            task.driver.boot.clean_up_instance(task)
+            with manager_utils.power_state_for_network_configuration(task):
+                task.driver.network.unconfigure_tenant_networks(task)
+                task.driver.network.add_servicing_network(task)
+            opts = deploy_utils.build_agent_options(node)
+            opts["ipa-agent-token"] = node.driver_internal_info["agent_secret_token"]
+            opts["ipa-node-uuid"] = node.uuid
+            task.driver.boot.prepare_ramdisk(task, opts)
+        return states.SERVICEWAIT
+
+    def tear_down_service(self, task):
+        # Abort (or a failure) in the middle of a snapshot: the image is incomplete.
+        info = task.node.driver_internal_info.get(INFO) or {}
+        if info.get("state") == "uploading":
+            self._drop_image(task, "servicing was aborted or failed")
+        return super(BmsnapDeploy, self).tear_down_service(task)
