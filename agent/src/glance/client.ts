@@ -61,7 +61,9 @@ export class GlanceClient {
     }
     if (res.statusCode >= 400) {
       const text = await res.body.text().catch(() => '');
-      throw new GlanceError(`${opts.what}: Glance answered ${res.statusCode}${explain(text)}`, res.statusCode);
+      // a 401 body is a generic "could not verify that you are authorized" page: say what it means
+      const why = res.statusCode === 401 ? ' Unauthorized: the token is missing, invalid or expired' : explain(text);
+      throw new GlanceError(`${opts.what}: Glance answered ${res.statusCode}${why}`, res.statusCode);
     }
     return res;
   }
@@ -107,9 +109,10 @@ function explain(text: string): string {
     const j = JSON.parse(text) as { message?: string; error?: { message?: string }; title?: string };
     msg = j.message ?? j.error?.message ?? j.title ?? '';
   } catch {
-    msg = text.replace(/<[^>]*>/g, ' ');
+    msg = text;
   }
-  msg = msg.replace(/\s+/g, ' ').trim().slice(0, 200);
+  // JSON messages carry HTML too ("...too large.<br /><br />")
+  msg = msg.replace(/<[^>]*>/g, ' ').replace(/\s+/g, ' ').trim().slice(0, 200);
   return msg ? `: ${msg}` : '';
 }
 
