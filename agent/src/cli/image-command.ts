@@ -6,9 +6,6 @@ import { imageDisk, type ImageFormat } from '../image-disk.js';
 import type { CodecName } from '../encoder/compress/codecs.js';
 import { createLogger } from '../log.js';
 import { openSource } from '../source/open-source.js';
-import { resolveGlance } from '../glance/auth.js';
-import { GlanceClient } from '../glance/client.js';
-import { publishToGlance } from '../glance/publish.js';
 import { FileSink } from '../sink/file-sink.js';
 import { StdoutSink } from '../sink/stdout-sink.js';
 import type { Sink } from '../sink/sink.js';
@@ -68,6 +65,9 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
   const progress = values.quiet ? undefined : human ? terminalProgress() : logProgress(log);
 
   if (values.glance) {
+    const [{ resolveGlance }, { GlanceClient }, { publishToGlance }] = await Promise.all([
+      import('../glance/auth.js'), import('../glance/client.js'), import('../glance/publish.js'),
+    ]);
     const token = values['token-file'] ? (await readFile(values['token-file'], 'utf8').catch(() => { throw new UsageError(`cannot read --token-file ${values['token-file']}`); })).trim() : undefined;
     const conn = await resolveGlance({
       ...(values['glance-url'] ? { endpoint: values['glance-url'] } : {}),

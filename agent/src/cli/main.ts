@@ -2,8 +2,6 @@
 // bmsnap command line. Every failure ends as one line on stderr and a non-zero exit status.
 import { describeError, UsageError, AbortedError, BmsnapError } from '../errors.js';
 import { VERSION } from '../version.js';
-import { imageCommand } from './image-command.js';
-import { agentCommand } from './agent-command.js';
 
 const USAGE = `usage: bmsnap <command> [options]
 
@@ -32,11 +30,12 @@ async function main(argv: string[]): Promise<number> {
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   switch (command) {
+    // Commands load on demand: `bmsnap --version` should not pay for fastify and undici.
     case 'image':
-      await imageCommand(rest, controller.signal);
+      await (await import('./image-command.js')).imageCommand(rest, controller.signal);
       return 0;
     case 'agent':
-      await agentCommand(rest, controller.signal);
+      await (await import('./agent-command.js')).agentCommand(rest, controller.signal);
       return 0;
     default:
       throw new UsageError(`unknown command "${command}" (try bmsnap --help)`);
