@@ -7,10 +7,12 @@
 #       p1  1 MiB  BIOS boot (ef02), marker pattern      p2  64 MiB ESP (ef00), FAT32, mtools tree
 #       p3 224 MiB ext4 root (8304), file tree           p4 320 MiB xfs data (8302), file tree
 #       p5  32 MiB swap (8200)                           ~17 MiB unallocated, then backup GPT
-#     every filesystem first gets stale random data that is then deleted;
-#     prints a JSON summary on stdout ({"path":…,"staleBytes":…}).
+#     every filesystem first gets stale data that is then deleted (24 + 96 + 128 MiB; env
+#     DEMO_STALE_ESP_MIB, DEMO_STALE_ROOT_MIB, DEMO_STALE_DATA_MIB); every 512-byte sector of it
+#     starts with "BMSNAP-STALE-SECTOR:" so tests can count what survives in an image.
+#     Prints a JSON summary on stdout ({"path":…,"staleBytes":…}).
 #   demo-disk.sh fill-tree DIR SEED                 file tree into a mounted ext4/xfs
-#   demo-disk.sh fill-stale DIR SEED MIB            write MIB MiB of random files, sync, delete
+#   demo-disk.sh fill-stale DIR SEED MIB            write MIB MiB of tagged random files, sync, delete
 #   demo-disk.sh fill-vfat TARGET SEED STALE_MIB    stale data, then a tree, into a vfat
 #                                                    (TARGET: device, or image@@byteoffset)
 #   demo-disk.sh marker TAG SECTORS                 SECTORS*512 bytes of "TAG-<sector>|" pattern
@@ -27,6 +29,13 @@ rand() {
   local key
   key=$(printf '%s' "$1" | sha256sum | cut -c1-32)
   { openssl enc -aes-128-ctr -nosalt -K "$key" -iv 0 -in /dev/zero 2>/dev/null || true; } | head -c "$2"
+}
+
+# stale KEY BYTES: pseudo-random bytes whose every 512-byte sector starts with STALE_TAG, so the
+# tests can count exactly how many sectors of deleted data survive in an image
+STALE_TAG='BMSNAP-STALE-SECTOR:'
+stale() {
+  rand "$1" "$2" | perl -e 'my $tag = shift; while (read(STDIN, my $b, 512)) { substr($b, 0, length $tag) = $tag if length $b >= length $tag; print $b }' "$STALE_TAG"
 }
 
 # text LINES: compressible text
@@ -47,12 +56,12 @@ fill_stale() {
   local dir=$1 seed=$2 mib=$3 i=0 chunk
   while [ "$mib" -gt 0 ]; do
     chunk=$(( mib > 32 ? 32 : mib ))
-    rand "$seed-stale-$i" $((chunk << 20)) > "$dir/.stale-$i"
+    stale "$seed-stale-$i" $((chunk << 20)) > "$dir/.stale-$i"
     mib=$((mib - chunk)); i=$((i + 1))
   done
-  sync
+  sync -f "$dir"            # (syncfs) the stale bytes must reach the disk before they are deleted
   rm -f "$dir"/.stale-*
-  sync
+  sync -f "$dir"
 }
 
 fill_tree() {
@@ -117,7 +126,7 @@ fill_vfat() {
   local target=$1 s=$2 stale_mib=$3 stage
   stage=$(mktemp -d)
   if [ "$stale_mib" -gt 0 ]; then
-    rand "$s-vfat-stale" $((stale_mib << 20)) > "$stage/STALE.BIN"
+    stale "$s-vfat-stale" $((stale_mib << 20)) > "$stage/STALE.BIN"
     mcopy -i "$target" "$stage/STALE.BIN" ::/STALE.BIN
     mdel -i "$target" ::/STALE.BIN
     rm -f "$stage/STALE.BIN"
@@ -139,7 +148,7 @@ fill_vfat() {
 }
 
 # --- the GPT layout -------------------------------------------------------------------------
-GPT_STALE_ESP_MIB=40 GPT_STALE_ROOT_MIB=150 GPT_STALE_DATA_MIB=200
+GPT_STALE_ESP_MIB=${DEMO_STALE_ESP_MIB:-24} GPT_STALE_ROOT_MIB=${DEMO_STALE_ROOT_MIB:-96} GPT_STALE_DATA_MIB=${DEMO_STALE_DATA_MIB:-128}
 
 build_gpt() {
   local out=$1 loop mnt stale_bytes
@@ -182,7 +191,6 @@ build_gpt() {
   fill_stale "$mnt" data "$GPT_STALE_DATA_MIB"
   fill_tree "$mnt" data
   umount "$mnt"
-  sync
   stale_bytes=$(((GPT_STALE_ESP_MIB + GPT_STALE_ROOT_MIB + GPT_STALE_DATA_MIB) << 20))
   printf '{"path":"%s","layout":"gpt","staleBytes":%d}\n' "$out" "$stale_bytes"
 }
