@@ -8,7 +8,7 @@ import { DEFAULT_LEVEL, type CodecName } from './encoder/compress/codecs.js';
 import { encodeQcow2, type Qcow2Stats } from './encoder/qcow2-encoder.js';
 import { encodeRaw } from './encoder/raw-encoder.js';
 import { noProgress, type Progress } from './encoder/progress.js';
-import { Hasher, type Digests } from './sink/hasher.js';
+import { hashFile, type Digests } from './sink/hasher.js';
 import { HashingSink } from './sink/hashing-sink.js';
 import { isSeekable, type Sink } from './sink/sink.js';
 import type { Source } from './source/open-source.js';
@@ -74,17 +74,9 @@ export async function imageDisk(source: Source, sink: Sink, opts: ImageOptions):
       await encodeRaw(source, map, hashing!, progress, opts.signal);
     }
     if (seekable) {
-      const hasher = new Hasher();
-      try {
-        progress.phase('hashing', qcow2!.fileSize);
-        await seekable.readBack(async (chunk) => {
-          await hasher.update(chunk);
-          progress.advance(chunk.length);
-        });
-        digests = await hasher.digest();
-      } finally {
-        await hasher.close();
-      }
+      progress.phase('hashing', qcow2!.fileSize);
+      digests = await hashFile(seekable.partialPath);
+      progress.advance(digests.size);
     } else {
       digests = await hashing!.digests();
     }

@@ -22,7 +22,7 @@ options:
   -o, --output OUT        output file, or - for stdout
   -f, --format FMT        qcow2 (default) or raw
   -c, --compress CODEC    qcow2 compression: zstd (default; qemu >= 5.1), zlib (any qemu), none
-      --level N           compression level (default: 1, the fast end)
+      --level N           compression level (default 1; zstd -7..19, zlib 0..9)
       --workers N         compression threads (default: one per core)
       --json              print the manifest (sizes, sha512, md5, map) as JSON on stdout
       --manifest PATH     write the manifest as JSON to PATH
@@ -52,7 +52,7 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
   const format = choice(values.format ?? 'qcow2', ['qcow2', 'raw'], '--format') as ImageFormat;
   const codec = choice(values.compress ?? 'zstd', ['zstd', 'zlib', 'none'], '--compress') as CodecName;
   if (format === 'raw' && values.compress) throw new UsageError('--compress applies to qcow2 only');
-  const level = values.level === undefined ? undefined : integer(values.level, '--level', codec === 'zstd' ? [1, 19] : [0, 9]);
+  const level = values.level === undefined ? undefined : integer(values.level, '--level', codec === 'zstd' ? [-7, 19] : [0, 9]);
   const workers = values.workers === undefined ? undefined : integer(values.workers, '--workers', [1, 256]);
   const properties = parseProperties(values.property ?? []);
   const visibility = choice(values.visibility ?? 'private', ['private', 'shared', 'community', 'public'], '--visibility') as 'private';

@@ -7,11 +7,11 @@ import { OutputError } from '../errors.js';
 import { errnoText } from '../source/open-source.js';
 import type { SeekableSink } from './sink.js';
 
-const READ_BACK_CHUNK = 4 << 20;
-
 export class FileSink implements SeekableSink {
   readonly description: string;
   private position = 0;
+
+  get partialPath(): string { return this.temp; }
 
   private constructor(private readonly target: string, private readonly temp: string, private fh: FileHandle | undefined) {
     this.description = `file ${target}`;
@@ -37,16 +37,6 @@ export class FileSink implements SeekableSink {
       while (done < chunk.length) done += (await this.fh!.write(chunk, done, chunk.length - done, position + done)).bytesWritten;
     } catch (err) {
       throw new OutputError(`cannot write ${this.target}: ${errnoText(err)}`, { cause: err });
-    }
-  }
-
-  async readBack(onChunk: (chunk: Buffer) => Promise<void>): Promise<void> {
-    const buf = Buffer.allocUnsafe(READ_BACK_CHUNK);
-    for (let pos = 0; ; ) {
-      const { bytesRead } = await this.fh!.read(buf, 0, buf.length, pos);
-      if (bytesRead === 0) return;
-      await onChunk(buf.subarray(0, bytesRead));
-      pos += bytesRead;
     }
   }
 

@@ -18,7 +18,7 @@ class DigestThread {
   private waiter: (() => void) | undefined;
 
   constructor(algorithm: string) {
-    this.worker = new Worker(new URL('./hash-worker.js', import.meta.url), { workerData: algorithm });
+    this.worker = new Worker(new URL('./hash-worker.js', import.meta.url), { workerData: { algorithm } });
     this.worker.on('message', (m: Reply) => {
       if (!(m instanceof ArrayBuffer)) return;
       this.free.push(m);
@@ -77,4 +77,15 @@ export class Hasher {
   async close(): Promise<void> {
     await Promise.all([this.md5.close(), this.sha512.close()]);
   }
+}
+
+/** md5 + sha512 of a whole file, each computed by its own thread reading the file itself. */
+export async function hashFile(path: string): Promise<Digests> {
+  const one = (algorithm: string) => new Promise<{ digest: string; size: number }>((resolve, reject) => {
+    const w = new Worker(new URL('./hash-worker.js', import.meta.url), { workerData: { algorithm, file: path } });
+    w.once('message', (m: { digest: string; size: number }) => { resolve(m); void w.terminate(); });
+    w.once('error', reject);
+  });
+  const [md5, sha512] = await Promise.all([one('md5'), one('sha512')]);
+  return { size: md5.size, md5: md5.digest, sha512: sha512.digest };
 }

@@ -10,11 +10,11 @@ export interface Sink {
   abort(): Promise<void>;
 }
 
-/** A sink that can also be written at any offset and read back (a local file). */
+/** A sink that can also be written at any offset (a local file). */
 export interface SeekableSink extends Sink {
   writeAt(chunk: Buffer, position: number): Promise<void>;
-  /** Reads what was written so far, in order, in chunks. */
-  readBack(onChunk: (chunk: Buffer) => Promise<void>): Promise<void>;
+  /** Where the bytes written so far can be read back (to hash the finished file). */
+  readonly partialPath: string;
 }
 
 export function isSeekable(s: Sink): s is SeekableSink {
