@@ -6,6 +6,7 @@
 #
 # Env: BENCH_DIR        outputs (default ./tmp/bench)
 #      BENCH_SKIP_QEMU=1 skip qemu-img -c (~3 min); its last measured result is reused if cached
+#      BENCH_SKIP_GLANCE=1 skip the end-to-end rows into a real glance-api (issue 3)
 #      BENCH_MAKE_DISK  disk builder (default ../shared/bench/make-disk.sh)
 #      BENCH_CACHE      reference disk cache (default /var/cache/bmsnap-bench)
 #      BENCH_STRICT=1   exit 1 when a target fails
@@ -87,6 +88,33 @@ partx -d "$loop" 2>/dev/null || true
 losetup -d "$loop"
 trap - EXIT
 
+# --- end to end into Glance (issue 3) ----------------------------------------------------------
+# bmsnap streams the disk into a new image; CC-Snapshot's path is qemu-img convert -c, then an
+# upload of the file. Both into the same real glance-api on loopback.
+time_gb= rss_gb= time_up= glance_note=
+if [ "${BENCH_SKIP_GLANCE:-0}" != 1 ]; then
+  gdir=$dir/glance
+  gport=${BENCH_GLANCE_PORT:-19598}
+  rm -rf "$gdir"
+  bash test/lib/glance-local.sh start "$gdir" "$gport" >/dev/null
+  trap 'bash test/lib/glance-local.sh stop "$gdir" >/dev/null 2>&1 || true' EXIT
+  gurl=http://127.0.0.1:$gport
+  drop_caches
+  note "4/5 bmsnap image --glance (disk -> Glance active, verified)"
+  measure gb node dist/agent/src/cli/main.js image "$ref" --glance bench-bmsnap --glance-url "$gurl" --quiet
+  if [ -f "$out_qemu" ]; then
+    note "5/5 upload of qemu-img's output to the same Glance"
+    id=$(curl -sf -X POST "$gurl/v2/images" -H 'Content-Type: application/json' \
+      -d '{"name":"bench-qemu","disk_format":"qcow2","container_format":"bare"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+    drop_caches
+    measure up curl -sf -T "$out_qemu" -H 'Content-Type: application/octet-stream' "$gurl/v2/images/$id/file"
+  else
+    glance_note="(no qemu-img output to upload)"
+  fi
+  bash test/lib/glance-local.sh stop "$gdir" >/dev/null 2>&1 || true
+  trap - EXIT
+fi
+
 # --- report -------------------------------------------------------------------------------------
 echo
 printf 'reference disk: %s, %s; %s cores, load average at start %s\n\n' "$ref" "$(mib "$ref_size")" "$(nproc)" "$load"
@@ -94,6 +122,11 @@ printf '%-58s %9s %12s %10s\n' "pipeline" "time (s)" "output" "peak RSS"
 row "bmsnap image (qcow2, zstd)" "$time_bmsnap" "$size_bmsnap" "$rss_bmsnap"
 row "qemu-img convert -c -O qcow2 $qemu_note" "$time_qemu" "$size_qemu" "$rss_qemu"
 row "partclone.ext4 root | zstd -1 (floor)" "$time_pcl" "$size_pcl" "$rss_pcl"
+if [ -n "$time_gb" ]; then
+  row "bmsnap image --glance (disk -> Glance active)" "$time_gb" "" "$rss_gb"
+  [ -n "$time_up" ] && [ -n "$time_qemu" ] && time_cc=$(awk -v a="$time_qemu" -v b="$time_up" 'BEGIN { printf "%.2f", a + b }') \
+    && row "qemu-img convert -c + upload (CC-Snapshot) $glance_note" "$time_cc" "" ""
+fi
 echo
 
 fails=0
@@ -105,6 +138,9 @@ target "speedup vs qemu-img -c"      "$speedup"     ">=" 15  "x"
 target "size vs qemu-img -c"         "$size_ratio"  "<=" 1   "x"
 target "time vs the partclone floor" "$floor_ratio" "<=" 1.5 "x"
 target "bmsnap peak RSS"             "$rss_mib"     "<=" 256 " MiB"
+if [ -n "${time_cc:-}" ] && [ -n "$time_gb" ]; then
+  target "end-to-end speedup into Glance" "$(ratio "$time_cc" "$time_gb")" ">=" 10 "x"
+fi
 echo
 echo "outputs in $dir"
 if [ "$fails" -gt 0 ] && [ "${BENCH_STRICT:-0}" = 1 ]; then exit 1; fi

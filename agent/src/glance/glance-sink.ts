@@ -6,6 +6,7 @@ import type { GlanceClient } from './client.js';
 import type { Sink } from '../sink/sink.js';
 
 const HIGH_WATER = 16 << 20;
+const MAX_CHUNK = 8 << 20;
 
 export class GlanceSink implements Sink {
   readonly description: string;
@@ -29,7 +30,11 @@ export class GlanceSink implements Sink {
 
   private async *body(): AsyncGenerator<Uint8Array> {
     for (;;) {
-      const chunk = this.queue.shift();
+      // Large chunks: glance-api's chunked-body parsing costs per chunk, and it is CPU-bound.
+      const parts: Buffer[] = [];
+      let size = 0;
+      while (this.queue.length && size < MAX_CHUNK) { const b = this.queue.shift()!; parts.push(b); size += b.length; }
+      const chunk = parts.length > 1 ? Buffer.concat(parts, size) : parts[0];
       if (chunk) {
         this.queued -= chunk.length;
         if (this.queued <= HIGH_WATER / 2) { this.wakeWriter?.(); this.wakeWriter = undefined; }
