@@ -42,17 +42,9 @@ interface CliResult {
   seconds: number;
 }
 
-interface Manifest {
-  source: { path: string; size: number };
-  format: string;
-  compression: string;
-  virtualSize: number;
-  bytesWritten: number;
-  sha512: string;
-  md5: string;
-  partitionTable: { type: string };
+type Manifest = import('../../agent/src/image-disk.js').Manifest & {
   glance: { endpoint: string; imageId: string; name: string; status: string; attempts: number };
-}
+};
 
 /** The environment of every bmsnap run: ours without OS_* (the runner's cloud must not leak in). */
 function cliEnv(extra: Record<string, string> = {}): Record<string, string> {

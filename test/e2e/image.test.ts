@@ -39,20 +39,8 @@ async function bmsnap(args: string[]): Promise<CliResult> {
   return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr), seconds: (Date.now() - started) / 1000 };
 }
 
-interface Manifest {
-  tool: string;
-  version: string;
-  source: { path: string; size: number };
-  format: string;
-  compression: string;
-  virtualSize: number;
-  bytesWritten: number;
-  sha512: string;
-  md5: string;
-  partitionTable: { type: string };
-  partitions: { index: number; start: number; size: number; type: string; fs: string | null; method: string; usedBytes: number }[];
-  usedBytes: number;
-}
+// The product's own manifest type: the test reads what the CLI prints.
+type Manifest = import('../../agent/src/image-disk.js').Manifest;
 
 if (!existsSync(CLI)) {
   t.fail(`${CLI} is missing: run npm run build (npm ci does it)`);
