@@ -57,7 +57,7 @@ t.test('GPT with a damaged primary header falls back to the backup, with a warni
   const path = await disk(t, 32);
   await execa('sgdisk', ['-n1:2048:0', '-t1:8300', path]);
   const hdr = peek(path, 512, 92);
-  hdr[30] ^= 0xff; // inside "my LBA": the header CRC no longer matches
+  hdr[30]! ^= 0xff; // inside "my LBA": the header CRC no longer matches
   patch(path, 512, hdr);
   const p = await tableOf(path);
   t.equal(p.kind, 'table');
@@ -71,7 +71,7 @@ t.test('GPT with both headers damaged is an error', async (t) => {
   await execa('sgdisk', ['-n1:2048:0', '-t1:8300', path]);
   for (const off of [512, 32 * MiB - 512]) {
     const hdr = peek(path, off, 92);
-    hdr[40] ^= 0x01;
+    hdr[40]! ^= 0x01;
     patch(path, off, hdr);
   }
   await t.rejects(tableOf(path), PartitionTableError);
