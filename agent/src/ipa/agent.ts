@@ -70,7 +70,9 @@ export async function startAgent(config: AgentConfig, log: Logger, opts: { logFi
 
   const heartbeater = new Heartbeater(
     () => api.heartbeat(nodeUuid, { callback_url: callbackUrl, agent_token: token!, agent_version: VERSION, ...(tls ? { agent_verify_ca: tls.cert } : {}) }),
-    () => config.heartbeatSeconds ? config.heartbeatSeconds / 0.45 : timeout,
+    // While a step runs, beat at least every ~30 s: each heartbeat is when the conductor plugin
+    // copies the step's progress onto the node, and what keeps service wait from timing out.
+    () => Math.min(config.heartbeatSeconds ? config.heartbeatSeconds / 0.45 : timeout, runner.running() ? 60 : Infinity),
     log,
   );
   runner.onAsyncDone = () => heartbeater.force();
