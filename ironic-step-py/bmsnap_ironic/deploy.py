@@ -18,6 +18,7 @@ import datetime
 
 from ironic.common import exception
 from ironic.common import states
+from ironic.conductor import periodics
 from ironic.conductor import utils as manager_utils
 from ironic.drivers import base
 from ironic.drivers.modules import agent
@@ -175,6 +176,34 @@ class BmsnapDeploy(agent.AgentDeploy):
             opts["ipa-node-uuid"] = node.uuid
             task.driver.boot.prepare_ramdisk(task, opts)
         return states.SERVICEWAIT
+
+    @periodics.node_periodic(
+        purpose="deleting the image of an aborted bmsnap snapshot",
+        spacing=10,
+        filters={"provision_state": states.SERVICEFAIL, "reserved": False},
+        predicate_extra_fields=["driver_internal_info"],
+        predicate=lambda n: (n.driver_internal_info.get(INFO) or {}).get("state") == "uploading",
+        shared_task=False)
+    def _cleanup_aborted_snapshots(self, task, manager, context):
+        """Ironic < 2025.2 aborts ``service wait`` without calling tear_down_service.
+
+        The node goes to ``service failed`` with no last_error while the agent may still be
+        uploading; heartbeats in ``service failed`` are ignored, so nothing else would ever delete
+        the (partial, or later complete) image.
+        """
+        node = task.node
+        if node.provision_state != states.SERVICEFAIL:
+            return
+        info = node.driver_internal_info.get(INFO) or {}
+        if info.get("state") != "uploading":
+            return
+        self._drop_image(task, "servicing was aborted")
+        if not node.last_error:
+            state = (node.driver_internal_info.get(INFO) or {}).get("state")
+            node.last_error = ("Snapshot aborted: its image %s %s" % (
+                info.get("image_id"),
+                "was deleted" if state == "deleted" else "could not be deleted (orphaned)"))
+            node.save()
 
     def tear_down_service(self, task):
         # Abort (or a failure) in the middle of a snapshot: the image is incomplete.

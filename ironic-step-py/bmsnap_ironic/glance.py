@@ -6,6 +6,7 @@ nothing secret is stored on the node.
 
 from ironic.common import exception
 from ironic.common import keystone
+from keystoneauth1 import exceptions as ks_exc
 
 
 class SnapshotImageError(exception.IronicException):
@@ -27,9 +28,17 @@ class GlanceImages(object):
         except Exception:  # noauth plugins have no token
             return None
 
+    def _request(self, method, path, what, **kwargs):
+        try:
+            return self._session.request(self.endpoint + path, method, auth=self._auth,
+                                         raise_exc=False, **kwargs)
+        except ks_exc.ConnectionError as e:
+            # One line for last_error, not urllib3's pool/retry internals.
+            raise SnapshotImageError(msg="%s: cannot connect to Glance at %s (%s)"
+                                     % (what, self.endpoint, type(e).__name__))
+
     def _call(self, method, path, what, **kwargs):
-        resp = self._session.request(self.endpoint + path, method, auth=self._auth,
-                                     raise_exc=False, **kwargs)
+        resp = self._request(method, path, what, **kwargs)
         if resp.status_code >= 400:
             raise SnapshotImageError(msg="%s: Glance answered %s" % (what, resp.status_code))
         return resp
@@ -46,8 +55,7 @@ class GlanceImages(object):
         return self._call("GET", "/v2/images/%s" % image_id, "reading image %s" % image_id).json()
 
     def delete(self, image_id):
-        resp = self._session.request(self.endpoint + "/v2/images/%s" % image_id, "DELETE",
-                                     auth=self._auth, raise_exc=False)
+        resp = self._request("DELETE", "/v2/images/%s" % image_id, "deleting image %s" % image_id)
         if resp.status_code not in (204, 404):
             raise SnapshotImageError(msg="deleting image %s: Glance answered %s"
                                      % (image_id, resp.status_code))

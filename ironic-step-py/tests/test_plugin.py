@@ -1,0 +1,191 @@
+"""Unit tests of bmsnap_ironic against the REAL ironic package (Debian trixie's Ironic 29 in the
+test chroot): run with ironic-step-py/tests/run-in-chroot.sh. Glance and the agent are mocked
+here; test/e2e/ironic-snapshot.test.ts runs the same code against a real conductor and Glance."""
+
+import inspect
+import os
+import stat
+import tempfile
+import unittest
+from unittest import mock
+
+from ironic.common import exception
+from ironic.common import states
+
+from bmsnap_ironic import args as step_args
+from bmsnap_ironic import deploy
+from bmsnap_ironic import fake_boot
+from bmsnap_ironic import hardware
+
+
+class ArgsTest(unittest.TestCase):
+    def test_defaults(self):
+        self.assertEqual(step_args.validate({}), {"visibility": "private", "disk_format": "qcow2",
+                                                  "compression": "zstd", "properties": {}})
+
+    def test_all(self):
+        out = step_args.validate({"image_name": "x", "visibility": "shared", "disk_format": "raw",
+                                  "compression": "none", "properties": {"a:b": "c"},
+                                  "root_device_hints": {"name": "/dev/sda"}})
+        self.assertEqual(out["root_device_hints"], {"name": "/dev/sda"})
+        self.assertEqual(out["properties"], {"a:b": "c"})
+
+    def test_rejects(self):
+        for bad, msg in (({"nope": 1}, "unknown argument"),
+                         ({"image_name": " "}, "image_name"),
+                         ({"visibility": "everyone"}, "visibility"),
+                         ({"disk_format": "vmdk"}, "disk_format"),
+                         ({"properties": {"size": "1"}}, "not allowed"),
+                         ({"properties": {"k": 1}}, "must be a string"),
+                         ({"root_device_hints": {}}, "non-empty"),
+                         ({"root_device_hints": {"hctl": "0:0:0:0"}}, "unsupported")):
+            with self.assertRaisesRegex(exception.InvalidParameterValue, msg):
+                step_args.validate(bad)
+
+
+class HardwareTest(unittest.TestCase):
+    def test_fake_hardware_interfaces(self):
+        hw = hardware.BmsnapFakeHardware()
+        self.assertIs(hw.supported_deploy_interfaces[0], deploy.BmsnapDeploy)
+        self.assertIs(hw.supported_boot_interfaces[0], fake_boot.RecordingFakeBoot)
+
+    def test_real_types_keep_stock_interfaces(self):
+        from ironic.drivers import ipmi
+        stock = ipmi.IPMIHardware().supported_deploy_interfaces
+        self.assertEqual(hardware.BmsnapIPMIHardware().supported_deploy_interfaces,
+                         [deploy.BmsnapDeploy] + list(stock))
+
+
+class StepDeclarationTest(unittest.TestCase):
+    def test_snapshot_is_a_service_step(self):
+        d = deploy.BmsnapDeploy()
+        steps = [s for s in d.service_steps if s["step"] == "snapshot"]
+        self.assertEqual(len(steps), 1)
+        self.assertEqual(steps[0]["interface"], "deploy")
+        self.assertTrue(steps[0]["abortable"])
+        self.assertTrue(steps[0]["requires_ramdisk"])
+        self.assertEqual(set(steps[0]["argsinfo"]), set(step_args.ARGSINFO))
+
+    def test_cleanup_periodic_is_registered(self):
+        fn = deploy.BmsnapDeploy._cleanup_aborted_snapshots
+        self.assertTrue(getattr(fn, "_is_periodic", False))
+        self.assertEqual(fn._periodic_spacing, 10)
+
+
+class FakeBootTest(unittest.TestCase):
+    def test_writes_and_removes_cmdline(self):
+        with tempfile.TemporaryDirectory() as d:
+            fake_boot.CONF.set_override("fake_boot_dir", d, group="bmsnap")
+            self.addCleanup(fake_boot.CONF.clear_override, "fake_boot_dir", group="bmsnap")
+            task = mock.Mock()
+            task.node.uuid = "u1"
+            boot = fake_boot.RecordingFakeBoot()
+            boot.prepare_ramdisk(task, {"ipa-node-uuid": "u1", "ipa-agent-token": "t0k",
+                                        "ipa-api-url": "http://x"})
+            path = os.path.join(d, "u1.cmdline")
+            with open(path) as f:
+                self.assertEqual(f.read(), "ipa-agent-token=t0k ipa-api-url=http://x ipa-node-uuid=u1\n")
+            self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+            boot.clean_up_ramdisk(task)
+            self.assertFalse(os.path.exists(path))
+            boot.clean_up_ramdisk(task)   # idempotent
+
+
+def _task(provision_state, info, last_error=None):
+    task = mock.Mock()
+    node = task.node
+    node.uuid = "u1"
+    node.provision_state = provision_state
+    node.last_error = last_error
+    node.driver_internal_info = {deploy.INFO: dict(info)} if info is not None else {}
+
+    def set_dii(k, v):
+        node.driver_internal_info[k] = v
+    node.set_driver_internal_info.side_effect = set_dii
+    return task
+
+
+class CleanupAndVerifyTest(unittest.TestCase):
+    def setUp(self):
+        p = mock.patch.object(deploy, "GlanceImages")
+        self.glance = p.start().return_value
+        self.addCleanup(p.stop)
+        self.d = deploy.BmsnapDeploy()
+        # the undecorated method (the periodic wrapper iterates nodes itself)
+        self.cleanup = inspect.unwrap(deploy.BmsnapDeploy._cleanup_aborted_snapshots)
+
+    def test_aborted_upload_is_deleted(self):
+        task = _task(states.SERVICEFAIL, {"image_id": "i1", "state": "uploading"})
+        self.cleanup(self.d, task, None, None)
+        self.glance.delete.assert_called_once_with("i1")
+        self.assertEqual(task.node.driver_internal_info[deploy.INFO]["state"], "deleted")
+        self.assertEqual(task.node.last_error, "Snapshot aborted: its image i1 was deleted")
+
+    def test_delete_failure_is_reported(self):
+        self.glance.delete.side_effect = RuntimeError("down")
+        task = _task(states.SERVICEFAIL, {"image_id": "i1", "state": "uploading"})
+        self.cleanup(self.d, task, None, None)
+        self.assertEqual(task.node.driver_internal_info[deploy.INFO]["state"], "orphaned")
+        self.assertIn("could not be deleted", task.node.last_error)
+
+    def test_existing_last_error_is_kept(self):
+        task = _task(states.SERVICEFAIL, {"image_id": "i1", "state": "uploading"}, last_error="boom")
+        self.cleanup(self.d, task, None, None)
+        self.assertEqual(task.node.last_error, "boom")
+
+    def test_other_states_untouched(self):
+        for st, info in ((states.SERVICEWAIT, {"image_id": "i1", "state": "uploading"}),
+                         (states.SERVICEFAIL, {"image_id": "i1", "state": "active"}),
+                         (states.SERVICEFAIL, None)):
+            self.cleanup(self.d, _task(st, info), None, None)
+        self.glance.delete.assert_not_called()
+
+    def test_verify_mismatch_fails_and_deletes(self):
+        self.glance.get.return_value = {"status": "active", "size": 10, "checksum": "m",
+                                        "os_hash_value": "s"}
+        task = _task(states.SERVICEWAIT, {"image_id": "i1", "state": "uploading"})
+        with self.assertRaisesRegex(exception.NodeServicingFailure, "size 10 != 11"):
+            self.d._verify(task, "i1", {"size": 11, "checksum": "m", "os_hash_value": "s"})
+        self.glance.delete.assert_called_once_with("i1")
+
+    def test_verify_match(self):
+        self.glance.get.return_value = {"status": "active", "size": 10, "checksum": "m",
+                                        "os_hash_value": "s"}
+        task = _task(states.SERVICEWAIT, {"image_id": "i1", "state": "uploading"})
+        self.d._verify(task, "i1", {"size": 10, "checksum": "m", "os_hash_value": "s"})
+        self.glance.delete.assert_not_called()
+
+
+class GlanceImagesTest(unittest.TestCase):
+    def setUp(self):
+        from bmsnap_ironic import glance
+        self.glance = glance
+        for name, value in (("get_auth", mock.Mock()), ("get_session", mock.Mock()),
+                            ("get_endpoint", mock.Mock(return_value="http://g:9292/v2/"))):
+            p = mock.patch.object(glance.keystone, name, value)
+            p.start()
+            self.addCleanup(p.stop)
+
+    def test_endpoint_without_version(self):
+        self.assertEqual(self.glance.GlanceImages().endpoint, "http://g:9292")
+
+    def test_unreachable_glance_is_one_line(self):
+        from keystoneauth1 import exceptions as ks_exc
+        g = self.glance.GlanceImages()
+        g._session.request.side_effect = ks_exc.ConnectFailure("HTTPConnectionPool(...) refused")
+        with self.assertRaises(self.glance.SnapshotImageError) as cm:
+            g.create("n", "qcow2", "private", None, {})
+        self.assertEqual(str(cm.exception),
+                         "creating image n: cannot connect to Glance at http://g:9292 (ConnectFailure)")
+
+    def test_delete_404_is_fine(self):
+        g = self.glance.GlanceImages()
+        g._session.request.return_value = mock.Mock(status_code=404)
+        g.delete("i1")
+        g._session.request.return_value = mock.Mock(status_code=500)
+        with self.assertRaisesRegex(self.glance.SnapshotImageError, "Glance answered 500"):
+            g.delete("i1")
+
+
+if __name__ == "__main__":
+    unittest.main()
