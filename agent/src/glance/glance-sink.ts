@@ -1,7 +1,6 @@
 // A sink that streams the image into an existing (queued) Glance image: the bytes become the
 // body of one chunked PUT /v2/images/{id}/file as they are produced. Nothing is stored locally;
 // at most HIGH_WATER bytes wait in memory for the connection.
-import { GlanceError } from './errors.js';
 import type { GlanceClient } from './client.js';
 import type { Sink } from '../sink/sink.js';
 
@@ -71,4 +70,3 @@ export class GlanceSink implements Sink {
   }
 }
 
-export { GlanceError };

@@ -59,8 +59,6 @@ export class Hasher {
   private readonly sha512 = new DigestThread('sha512');
   private size = 0;
 
-  get bytes(): number { return this.size; }
-
   async update(chunk: Uint8Array): Promise<void> {
     if (chunk.length === 0) return;
     this.size += chunk.length;
