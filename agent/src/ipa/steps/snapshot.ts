@@ -8,7 +8,7 @@ import { GlanceClient } from '../../glance/client.js';
 import { publishToGlance } from '../../glance/publish.js';
 import { openSource } from '../../source/open-source.js';
 import { describeError } from '../../errors.js';
-import type { Progress } from '../../encoder/progress.js';
+import { reportingProgress, type Progress } from '../../encoder/progress.js';
 import { chooseRootDevice, type RootDeviceHints } from '../root-device.js';
 
 export const SNAPSHOT_STEP = {
@@ -85,17 +85,8 @@ export async function runSnapshot(params: Record<string, unknown>, ctx: CommandC
 }
 
 function progressReporter(ctx: CommandContext): Progress {
-  let phase = '';
-  let total = 0;
-  let done = 0;
-  let started = Date.now();
-  let last = 0;
-  const emit = () => {
-    const secs = (Date.now() - started) / 1000;
-    ctx.report({ phase, bytes: done, total, percent: total ? Math.round((1000 * done) / total) / 10 : 0, mb_per_s: secs > 0 ? Math.round(done / secs / 1e5) / 10 : 0 });
-  };
-  return {
-    phase(n, t) { phase = n; total = t; done = 0; started = Date.now(); emit(); },
-    advance(b) { done += b; if (Date.now() - last > 1000) { last = Date.now(); emit(); } },
-  };
+  return reportingProgress((p, event) => {
+    if (event === 'end') return;
+    ctx.report({ phase: p.phase, bytes: p.bytes, total: p.total, percent: p.total ? Math.round((1000 * p.bytes) / p.total) / 10 : 0, mb_per_s: p.seconds > 0 ? Math.round(p.bytes / p.seconds / 1e5) / 10 : 0 });
+  }, 1000);
 }
