@@ -11,10 +11,11 @@ import { execa, type ResultPromise } from 'execa';
 import { createWriteStream, existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { createServer as createNetServer } from 'node:net';
+
 import { Agent, fetch as undiciFetch } from 'undici';
 import { join } from 'node:path';
 import { REPO_ROOT, run } from '../lib/disks.js';
+import { pickPortIn } from '../lib/ports.js';
 
 const STACK = join(REPO_ROOT, 'test/stack/openstack-stack.sh');
 const TS_AGENT = join(REPO_ROOT, 'dist/agent/src/cli/main.js');
@@ -29,15 +30,7 @@ if (!existsSync(TS_AGENT)) {
   process.exit(1);
 }
 
-const portFree = (port: number) => new Promise<boolean>((ok) => {
-  const s = createNetServer();
-  s.once('error', () => ok(false));
-  s.listen(port, '127.0.0.1', () => s.close(() => ok(true)));
-});
-async function pickPort(lo: number, hi: number): Promise<number> {
-  for (let p = lo; p <= hi; p++) if (await portFree(p)) return p;
-  throw new Error(`no free port in ${lo}-${hi}`);
-}
+const pickPort = (lo: number, hi: number) => pickPortIn(lo, hi);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const secs = (since: number) => Math.round((Date.now() - since) / 100) / 10;
 async function waitFor<T>(what: string, timeoutS: number, fn: () => Promise<T | undefined | false>, everyMs = 300): Promise<T> {

@@ -17,10 +17,11 @@ import { execa, type ResultPromise } from 'execa';
 import { createWriteStream, existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { createServer as createNetServer } from 'node:net';
+
 import { join } from 'node:path';
 import { REPO_ROOT, buildDisk, run, type TestDisk } from '../lib/disks.js';
 import { comparePartitionTables, convertToRaw, digestAll, hashFile, qemuImgCheck, qemuImgInfo, sha256File } from '../lib/verify.js';
+import { pickPortIn } from '../lib/ports.js';
 
 const STACK = join(REPO_ROOT, 'test/stack/openstack-stack.sh');
 const PLUGIN = join(REPO_ROOT, 'ironic-step-py');
@@ -40,18 +41,8 @@ if (!existsSync(TS_AGENT)) {
 // ------------------------------------------------------------------------------------------------
 // helpers
 
-function portFree(port: number): Promise<boolean> {
-  return new Promise((ok) => {
-    const s = createNetServer();
-    s.once('error', () => ok(false));
-    s.listen(port, '127.0.0.1', () => s.close(() => ok(true)));
-  });
-}
 const taken = new Set<number>();
-async function pickPort(lo: number, hi: number): Promise<number> {
-  for (let p = lo; p <= hi; p++) if (!taken.has(p) && await portFree(p)) { taken.add(p); return p; }
-  throw new Error(`no free port in ${lo}-${hi}`);
-}
+const pickPort = (lo: number, hi: number) => pickPortIn(lo, hi, taken);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const secs = (since: number) => Math.round((Date.now() - since) / 100) / 10;
 

@@ -18,10 +18,11 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import https from 'node:https';
-import { createServer as createNetServer } from 'node:net';
+
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { pickPortIn } from '../lib/ports.js';
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const STACK = join(REPO, 'test/stack/openstack-stack.sh');
@@ -37,17 +38,7 @@ if (process.getuid?.() !== 0) {
 // ------------------------------------------------------------------------------------------------
 // helpers
 
-function portFree(port: number): Promise<boolean> {
-  return new Promise((ok) => {
-    const s = createNetServer();
-    s.once('error', () => ok(false));
-    s.listen(port, '127.0.0.1', () => s.close(() => ok(true)));
-  });
-}
-async function pickPort(lo: number, hi: number, taken: Set<number>): Promise<number> {
-  for (let p = lo; p <= hi; p++) if (!taken.has(p) && await portFree(p)) { taken.add(p); return p; }
-  throw new Error(`no free port in ${lo}-${hi}`);
-}
+const pickPort = pickPortIn;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const secs = (since: number) => Math.round((Date.now() - since) / 100) / 10;
 

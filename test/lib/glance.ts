@@ -12,12 +12,13 @@ import { readFileSync } from 'node:fs';
 import { createWriteStream } from 'node:fs';
 import { readdir, rm, stat } from 'node:fs/promises';
 import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { createServer as createNetServer, type Socket } from 'node:net';
+import { type Socket } from 'node:net';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { REPO_ROOT, makeTempDir, removeTempDir } from './disks.js';
+import { portFree } from './ports.js';
 
 export const GLANCE_SCRIPT = join(REPO_ROOT, 'test/lib/glance-local.sh');
 const PORT_RANGE: [number, number] = [19300, 19399];
@@ -119,14 +120,7 @@ function isGone(pid: number): boolean {
   }
 }
 
-/** True if nothing listens on 127.0.0.1:PORT and we could bind it. */
-export function portFree(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const srv = createNetServer();
-    srv.once('error', () => resolve(false));
-    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
-  });
-}
+export { portFree };
 
 /** A free port in 19300-19399, starting at a random place (several runs may share the machine). */
 export async function pickPort(exclude: Set<number> = portsTaken): Promise<number> {
