@@ -1,7 +1,7 @@
 // The imaging pipeline every front uses (CLI, IPA agent step, in-band modes):
 //   source (read-only) -> used-block map -> encoder (qcow2 or raw) -> hashing -> sink
 // It returns the manifest; on any failure the sink is aborted so no partial image survives.
-import { availableParallelism } from 'node:os';
+import { availableParallelism, freemem } from 'node:os';
 import type { Logger } from 'pino';
 import { buildDiskMap, type DiskMap } from './map/build-map.js';
 import { DEFAULT_LEVEL, type CodecName } from './encoder/compress/codecs.js';
@@ -21,6 +21,8 @@ export interface ImageOptions {
   codec: CodecName;
   level?: number;
   workers?: number;
+  /** qcow2 to a stream: memory for frames kept from the sizing pass (default: defaultFrameCache()). */
+  frameCacheBytes?: number;
   progress?: Progress;
   signal?: AbortSignal;
   log?: Logger;
@@ -48,6 +50,15 @@ export interface Manifest {
   seconds: number;
 }
 
+/**
+ * A stream's writing pass re-sends the sizing pass's frames from memory instead of reading and
+ * compressing the disk again. Default: a quarter of the memory available now, at most 2 GiB
+ * (a ramdisk on a large node caches a typical image whole; a busy small host keeps its RAM).
+ */
+export function defaultFrameCache(): number {
+  return Math.min(2 * 1024 ** 3, Math.floor(freemem() / 4));
+}
+
 export async function imageDisk(source: Source, sink: Sink, opts: ImageOptions): Promise<Manifest> {
   const started = process.hrtime.bigint();
   const progress = opts.progress ?? noProgress;
@@ -67,6 +78,7 @@ export async function imageDisk(source: Source, sink: Sink, opts: ImageOptions):
         codec: opts.codec,
         level,
         workers: opts.workers ?? availableParallelism(),
+        frameCacheBytes: opts.frameCacheBytes ?? defaultFrameCache(),
         progress,
         ...(opts.signal ? { signal: opts.signal } : {}),
       });

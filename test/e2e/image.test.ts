@@ -142,11 +142,19 @@ async function imageLayoutTests(t: Tap, disk: TestDisk, work: string): Promise<v
     await run('rm', ['-f', again]);
   });
 
-  await t.test('-o - into a pipe gives the same bytes as -o FILE', async (t) => {
-    const r = await execa('bash', ['-c', 'set -o pipefail; node "$1" image "$2" -o - --quiet | sha512sum', 'pipe', CLI, disk.path],
-      { reject: false, stdin: 'ignore', env: { NODE_OPTIONS: '' } });
-    t.equal(r.exitCode, 0, 'pipeline exits 0', { stderr: r.stderr });
-    t.equal(String(r.stdout).split(' ')[0], outSha512, 'same sha512 through a pipe');
+  await t.test('-o - into a pipe gives the same bytes as -o FILE, whatever the stream cache', async (t) => {
+    // default (whole image cached), none (every cluster compressed twice), and a cache that
+    // runs out part-way (cached prefix, recompressed rest)
+    for (const cache of [undefined, '0', '1M']) {
+      const extra = cache === undefined ? '' : `--stream-cache ${cache}`;
+      const r = await execa('bash', ['-c', `set -o pipefail; node "$1" image "$2" -o - --quiet ${extra} | sha512sum`, 'pipe', CLI, disk.path],
+        { reject: false, stdin: 'ignore', env: { NODE_OPTIONS: '' } });
+      t.equal(r.exitCode, 0, `pipeline exits 0 (${extra || 'default cache'})`, { stderr: r.stderr });
+      t.equal(String(r.stdout).split(' ')[0], outSha512, `same sha512 through a pipe (${extra || 'default cache'})`);
+    }
+    const bad = await bmsnap(['image', disk.path, '-o', '-', '--stream-cache', 'lots']);
+    t.not(bad.exitCode, 0, 'a bad --stream-cache size is refused');
+    t.match(bad.stderr, /^bmsnap: .*--stream-cache wants a size/m, 'with a one-line error');
   });
 
   await t.test('--format raw: the same disk as the qcow2 (so it passes the same checks)', async (t) => {

@@ -11,6 +11,7 @@ import { imageDisk } from '../../agent/src/image-disk.js';
 import { openSource, type Source } from '../../agent/src/source/open-source.js';
 import { FileSink } from '../../agent/src/sink/file-sink.js';
 import { SourceError, SourceChangedError } from '../../agent/src/errors.js';
+import { buildDiskMap } from '../../agent/src/map/build-map.js';
 import type { Sink } from '../../agent/src/sink/sink.js';
 
 const MiB = 2 ** 20;
@@ -70,6 +71,20 @@ t.test('a source that changes between the passes: SourceChangedError', async (t)
   });
   const out = join(dir, 'out.qcow2');
   const sink = streamOf(await FileSink.create(out));
-  await t.rejects(imageDisk(changing, sink, { format: 'qcow2', codec: 'zstd' }), SourceChangedError);
+  // No frame cache: the writing pass re-reads every cluster and so sees the change.
+  await t.rejects(imageDisk(changing, sink, { format: 'qcow2', codec: 'zstd', frameCacheBytes: 0 }), SourceChangedError);
   t.same(readdirSync(dir).filter((f) => f !== 'disk.raw'), []);
+});
+
+t.test('with the whole image in the frame cache the writing pass reads nothing more', async (t) => {
+  const dir = workdir(t);
+  const src = await openSource(rawDisk(dir));
+  t.teardown(() => src.close());
+  const map = await buildDiskMap(src, src.sectorSize); // built first: only the encoder's reads count
+  let reads = 0;
+  const counting = wrap(src, () => { reads++; });
+  const out = join(dir, 'out.qcow2');
+  const m = await imageDisk(counting, streamOf(await FileSink.create(out)), { format: 'qcow2', codec: 'zstd', frameCacheBytes: 64 * MiB, map });
+  t.equal(reads, Math.ceil((24 * MiB) / (2 * MiB)), 'one read per batch: the sizing pass only');
+  t.equal(m.qcow2?.cachedClusters, m.qcow2?.mappedClusters, 'every mapped cluster came from the cache');
 });

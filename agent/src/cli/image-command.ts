@@ -24,6 +24,9 @@ options:
   -c, --compress CODEC    qcow2 compression: zstd (default; qemu >= 5.1), zlib (any qemu), none
       --level N           compression level (default 1; zstd -7..19, zlib 0..9)
       --workers N         compression threads (default: one per core)
+      --stream-cache SIZE qcow2 to a stream (stdout, Glance): memory for compressed data kept
+                          from the sizing pass so it is not compressed twice, e.g. 512M, 4G, 0
+                          (default: a quarter of available memory, at most 2G)
       --json              print the manifest (sizes, sha512, md5, map) as JSON on stdout
       --manifest PATH     write the manifest as JSON to PATH
   -q, --quiet             no progress output, only warnings and errors
@@ -54,6 +57,7 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
   if (format === 'raw' && values.compress) throw new UsageError('--compress applies to qcow2 only');
   const level = values.level === undefined ? undefined : integer(values.level, '--level', codec === 'zstd' ? [-7, 19] : [0, 9]);
   const workers = values.workers === undefined ? undefined : integer(values.workers, '--workers', [1, 256]);
+  const frameCacheBytes = values['stream-cache'] === undefined ? undefined : byteSize(values['stream-cache'], '--stream-cache');
   const properties = parseProperties(values.property ?? []);
   const visibility = choice(values.visibility ?? 'private', ['private', 'shared', 'community', 'public'], '--visibility') as 'private';
   const retries = values.retries === undefined ? 2 : integer(values.retries, '--retries', [0, 10]);
@@ -84,6 +88,7 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
         captureMethod: 'offline-cli', signal, log,
         ...(level !== undefined ? { level } : {}),
         ...(workers !== undefined ? { workers } : {}),
+        ...(frameCacheBytes !== undefined ? { frameCacheBytes } : {}),
         ...(progress ? { progress } : {}),
       });
       progress?.done();
@@ -113,6 +118,7 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
       format, codec, signal, log,
       ...(level !== undefined ? { level } : {}),
       ...(workers !== undefined ? { workers } : {}),
+      ...(frameCacheBytes !== undefined ? { frameCacheBytes } : {}),
       ...(progress ? { progress } : {}),
     });
     progress?.done();
@@ -141,6 +147,7 @@ function parse(argv: string[]) {
         compress: { type: 'string', short: 'c' },
         level: { type: 'string' },
         workers: { type: 'string' },
+        'stream-cache': { type: 'string' },
         json: { type: 'boolean' },
         manifest: { type: 'string' },
         quiet: { type: 'boolean', short: 'q' },
@@ -182,6 +189,13 @@ function integer(v: string, flag: string, [min, max]: [number, number]): number 
   const n = Number(v);
   if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`${flag} must be an integer from ${min} to ${max} (got "${v}")`);
   return n;
+}
+
+/** "0", "512M", "4G", "1.5G", "65536" (bytes; K/M/G/T are powers of 1024). */
+function byteSize(v: string, flag: string): number {
+  const m = /^(\d+(?:\.\d+)?)([KMGT]?)i?B?$/i.exec(v.trim());
+  if (!m) throw new UsageError(`${flag} wants a size such as 512M or 2G (got "${v}")`);
+  return Math.floor(Number(m[1]) * 1024 ** ' KMGT'.indexOf((m[2] || ' ').toUpperCase()));
 }
 
 /** The output must not be the source, nor replace anything but a regular file. */

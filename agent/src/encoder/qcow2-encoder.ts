@@ -9,7 +9,11 @@
 //   (2 bytes per mapped cluster), then the WRITING pass emits the metadata and the clusters.
 //   Compression is deterministic, so the writing pass must reproduce every size; if it does
 //   not, the source changed under us and the run fails (SourceChangedError).
-// Both produce the same bytes. Memory is bounded by the batches in flight plus the size table.
+//   The sizing pass keeps the frames it made, up to `frameCacheBytes`: the writing pass sends
+//   those as they are and re-reads and recompresses only the rest. With the whole image cached
+//   a stream costs one read and one compression, like a file; with 0 it costs two of each.
+// Both produce the same bytes. Memory is bounded by the batches in flight, the size table and
+// the frame cache.
 import { SourceChangedError } from '../errors.js';
 import type { DiskMap } from '../map/build-map.js';
 import type { ByteReader } from '../source/byte-reader.js';
@@ -18,7 +22,7 @@ import { readBatch } from './batch-reader.js';
 import { countMappedClusters, planBatches, type Batch } from './cluster-plan.js';
 import { createCodec, type CodecName } from './compress/codecs.js';
 import { CompressionPool } from './compress/pool.js';
-import { STORED, type CompressResult } from './compress/protocol.js';
+import { STORED } from './compress/protocol.js';
 import { noProgress, type Progress } from './progress.js';
 import { pipelineInOrder } from './ordered.js';
 import { CLUSTER_SIZE } from './qcow2/format.js';
@@ -31,12 +35,16 @@ export interface EncodeOptions {
   workers: number;
   progress?: Progress;
   signal?: AbortSignal;
+  /** Stream output only: bytes of sizing-pass frames kept for the writing pass (default 0). */
+  frameCacheBytes?: number;
 }
 
 export interface Qcow2Stats {
   clusterSize: number;
   /** 'single-pass' (seekable output) or 'sizing+writing' (stream). */
   passes: 'single-pass' | 'sizing+writing';
+  /** Stream output: clusters the writing pass took from the frame cache instead of recompressing. */
+  cachedClusters?: number;
   mappedClusters: number;
   zeroClusters: number;
   storedFrames: number;
@@ -47,6 +55,14 @@ export interface Qcow2Stats {
 }
 
 const BATCH_CLUSTERS = 32;
+
+/** One batch's result: size codes, and the frames back to back when they were asked for. */
+interface BatchFrames {
+  codes: Uint16Array;
+  payload: Buffer | undefined;
+  /** The pooled buffer `payload` lives in (returned to the pool once consumed). */
+  out?: ArrayBuffer;
+}
 
 interface OrdinalBatch extends Batch {
   /** Index of the batch's first cluster among all mapped clusters (into the size table). */
@@ -64,10 +80,18 @@ export async function encodeQcow2(src: ByteReader, map: DiskMap, out: { stream: 
   const freeData: ArrayBuffer[] = [];
   const freeOut: ArrayBuffer[] = [];
   const bytesOf = (b: Batch) => b.used.reduce((n, e) => n + e.length, 0);
+  // Payloads of sizing-pass batches, by batch ordinal (a prefix of the image, in practice).
+  const cache = new Map<number, Buffer>();
+  let cacheRoom = 'stream' in out ? Math.max(0, opts.frameCacheBytes ?? 0) : 0;
 
   /** Runs every batch through read -> compress, and hands results to `consume` in order. */
-  const runPass = (mode: 'size' | 'emit' | 'verify', consume: (r: CompressResult, b: OrdinalBatch) => Promise<void> | void) =>
-    pipelineInOrder(withOrdinals(planBatches(map.used, CLUSTER_SIZE, BATCH_CLUSTERS)), inFlight, async (b) => {
+  const runPass = (mode: 'size' | 'emit' | 'verify', consume: (r: BatchFrames, b: OrdinalBatch) => Promise<void> | void) =>
+    pipelineInOrder(withOrdinals(planBatches(map.used, CLUSTER_SIZE, BATCH_CLUSTERS)), inFlight, async (b): Promise<BatchFrames> => {
+      const cached = mode === 'verify' ? cache.get(b.ordinal) : undefined;
+      if (cached) {
+        cache.delete(b.ordinal);
+        return { codes: table.codes.subarray(b.ordinal, b.ordinal + b.clusters), payload: cached };
+      }
       const data = freeData.pop() ?? new ArrayBuffer(BATCH_CLUSTERS * CLUSTER_SIZE);
       try {
         await readBatch(src, b, CLUSTER_SIZE, Buffer.from(data));
@@ -75,11 +99,13 @@ export async function encodeQcow2(src: ByteReader, map: DiskMap, out: { stream: 
         freeData.push(data);
         throw err;
       }
-      const out = mode === 'size' ? undefined : freeOut.pop() ?? new ArrayBuffer(BATCH_CLUSTERS * codec.storedSize);
+      // The sizing pass asks for the frames only while the cache has room for them.
+      const wantFrames = mode !== 'size' || cacheRoom > 0;
+      const out = wantFrames ? freeOut.pop() ?? new ArrayBuffer(BATCH_CLUSTERS * codec.storedSize) : undefined;
       const known = mode === 'verify' ? table.codes.slice(b.ordinal, b.ordinal + b.clusters) : undefined;
       const r = await pool.run(data, b.clusters, out, known);
       freeData.push(r.data);
-      return r;
+      return { codes: r.codes, payload: r.out ? Buffer.from(r.out, 0, r.outLength) : undefined, ...(r.out ? { out: r.out } : {}) };
     }, async (r, b) => {
       try {
         await consume(r, b);
@@ -88,6 +114,15 @@ export async function encodeQcow2(src: ByteReader, map: DiskMap, out: { stream: 
       }
       progress.advance(bytesOf(b));
     }, opts.signal);
+
+  /** Sizing pass: keep a copy of the batch's frames while the cache budget lasts. */
+  let cachedClusters = 0;
+  const keepFrames = (r: BatchFrames, b: OrdinalBatch) => {
+    if (!r.payload || cacheRoom <= 0) return;
+    cache.set(b.ordinal, Buffer.from(r.payload)); // a copy: r.out goes back to the pool
+    cacheRoom -= r.payload.length;
+    cachedClusters += b.clusters;
+  };
 
   const writeMetadata = async (write: (chunk: Buffer, position: number) => Promise<void>) => {
     let pos = 0;
@@ -104,7 +139,7 @@ export async function encodeQcow2(src: ByteReader, map: DiskMap, out: { stream: 
       progress.phase('writing', map.usedBytes);
       await runPass('emit', async (r, b) => {
         table.codes.set(r.codes, b.ordinal);
-        const payload = Buffer.from(r.out!, 0, r.outLength);
+        const payload = r.payload!;
         if (payload.length) await sink.writeAt(payload, layout.dataOffset + dataBytes);
         dataBytes += payload.length;
       });
@@ -113,7 +148,11 @@ export async function encodeQcow2(src: ByteReader, map: DiskMap, out: { stream: 
     } else {
       const sink = out.stream;
       progress.phase('sizing', map.usedBytes);
-      await runPass('size', (r, b) => { table.codes.set(r.codes, b.ordinal); });
+      await runPass('size', (r, b) => {
+        table.codes.set(r.codes, b.ordinal);
+        keepFrames(r, b);
+      });
+
       await writeMetadata((chunk) => sink.write(chunk));
       progress.phase('writing', map.usedBytes);
       await runPass('verify', async (r, b) => {
@@ -122,13 +161,14 @@ export async function encodeQcow2(src: ByteReader, map: DiskMap, out: { stream: 
             throw new SourceChangedError(`the source changed while it was being imaged (cluster at byte ${(b.firstCluster + i) * CLUSTER_SIZE}); image an unmounted disk or a frozen snapshot`);
           }
         }
-        const payload = Buffer.from(r.out!, 0, r.outLength);
+        const payload = r.payload!;
         if (payload.length) await sink.write(payload);
         dataBytes += payload.length;
       });
       await padTo(layout, dataBytes, (zeros) => sink.write(zeros));
     }
-    return stats(table, layout, dataBytes, 'seekable' in out ? 'single-pass' : 'sizing+writing');
+    const result = stats(table, layout, dataBytes, 'seekable' in out ? 'single-pass' : 'sizing+writing');
+    return 'stream' in out ? { ...result, cachedClusters } : result;
   } finally {
     await pool.close();
   }

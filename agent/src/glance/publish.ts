@@ -26,6 +26,7 @@ export interface PublishOptions {
   codec: CodecName;
   level?: number;
   workers?: number;
+  frameCacheBytes?: number;
   retries?: number;
   keepFailed?: boolean;
   /**
@@ -103,6 +104,7 @@ async function attemptOnce(source: Source, client: GlanceClient, map: DiskMap, o
       format: opts.format, codec: opts.codec, map,
       ...(opts.level !== undefined ? { level: opts.level } : {}),
       ...(opts.workers !== undefined ? { workers: opts.workers } : {}),
+      ...(opts.frameCacheBytes !== undefined ? { frameCacheBytes: opts.frameCacheBytes } : {}),
       ...(opts.progress ? { progress: opts.progress } : {}),
       ...(opts.signal ? { signal: opts.signal } : {}),
       ...(opts.log ? { log: opts.log } : {}),
