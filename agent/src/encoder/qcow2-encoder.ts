@@ -25,6 +25,7 @@ import { CompressionPool } from './compress/pool.js';
 import { STORED } from './compress/protocol.js';
 import { noProgress, type Progress } from './progress.js';
 import { pipelineInOrder } from './ordered.js';
+import { FrameCache } from './frame-cache.js';
 import { CLUSTER_SIZE } from './qcow2/format.js';
 import { fileSizeFor, planLayout, type Layout, type SizeTable } from './qcow2/layout.js';
 import { metadataClusters } from './qcow2/metadata.js';
@@ -81,15 +82,13 @@ export async function encodeQcow2(src: ByteReader, map: DiskMap, out: { stream: 
   const freeOut: ArrayBuffer[] = [];
   const bytesOf = (b: Batch) => b.used.reduce((n, e) => n + e.length, 0);
   // Payloads of sizing-pass batches, by batch ordinal (a prefix of the image, in practice).
-  const cache = new Map<number, Buffer>();
-  let cacheRoom = 'stream' in out ? Math.max(0, opts.frameCacheBytes ?? 0) : 0;
+  const cache = new FrameCache('stream' in out ? opts.frameCacheBytes ?? 0 : 0);
 
   /** Runs every batch through read -> compress, and hands results to `consume` in order. */
   const runPass = (mode: 'size' | 'emit' | 'verify', consume: (r: BatchFrames, b: OrdinalBatch) => Promise<void> | void) =>
     pipelineInOrder(withOrdinals(planBatches(map.used, CLUSTER_SIZE, BATCH_CLUSTERS)), inFlight, async (b): Promise<BatchFrames> => {
-      const cached = mode === 'verify' ? cache.get(b.ordinal) : undefined;
+      const cached = mode === 'verify' ? cache.take(b.ordinal) : undefined;
       if (cached) {
-        cache.delete(b.ordinal);
         return { codes: table.codes.subarray(b.ordinal, b.ordinal + b.clusters), payload: cached };
       }
       const data = freeData.pop() ?? new ArrayBuffer(BATCH_CLUSTERS * CLUSTER_SIZE);
@@ -100,7 +99,7 @@ export async function encodeQcow2(src: ByteReader, map: DiskMap, out: { stream: 
         throw err;
       }
       // The sizing pass asks for the frames only while the cache has room for them.
-      const wantFrames = mode !== 'size' || cacheRoom > 0;
+      const wantFrames = mode !== 'size' || cache.accepting;
       const out = wantFrames ? freeOut.pop() ?? new ArrayBuffer(BATCH_CLUSTERS * codec.storedSize) : undefined;
       const known = mode === 'verify' ? table.codes.slice(b.ordinal, b.ordinal + b.clusters) : undefined;
       const r = await pool.run(data, b.clusters, out, known);
@@ -118,10 +117,7 @@ export async function encodeQcow2(src: ByteReader, map: DiskMap, out: { stream: 
   /** Sizing pass: keep a copy of the batch's frames while the cache budget lasts. */
   let cachedClusters = 0;
   const keepFrames = (r: BatchFrames, b: OrdinalBatch) => {
-    if (!r.payload || cacheRoom <= 0) return;
-    cache.set(b.ordinal, Buffer.from(r.payload)); // a copy: r.out goes back to the pool
-    cacheRoom -= r.payload.length;
-    cachedClusters += b.clusters;
+    if (r.payload && cache.keep(b.ordinal, r.payload)) cachedClusters += b.clusters;
   };
 
   const writeMetadata = async (write: (chunk: Buffer, position: number) => Promise<void>) => {

@@ -1,0 +1,172 @@
+// The real Ironic 29 + Glance 30 stack (test/stack/openstack-stack.sh, a Debian trixie chroot on
+// 127.0.0.1) as the end-to-end tests drive it: start/stop, the `openstack baremetal` CLI, node
+// and image queries, and a watcher for the bmsnap-fake boot interface's "ramdisk boots"
+// (<uuid>.cmdline files appearing in and vanishing from [bmsnap]fake_boot_dir).
+import { execa } from 'execa';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { REPO_ROOT } from './disks.js';
+
+export const STACK_SCRIPT = join(REPO_ROOT, 'test/stack/openstack-stack.sh');
+export const PLUGIN_DIR = join(REPO_ROOT, 'ironic-step-py');
+export const CHILD_ENV = { NODE_OPTIONS: '' };   // keep tap's loader hooks out of children
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+export const secs = (since: number) => Math.round((Date.now() - since) / 100) / 10;
+
+export async function waitFor<T>(what: string, timeoutS: number, fn: () => Promise<T | undefined | false>): Promise<T> {
+  const deadline = Date.now() + timeoutS * 1000;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutS}s waiting for ${what}`);
+    await sleep(300);
+  }
+}
+
+export interface StackOptions {
+  dir: string;
+  ironicPort: number;
+  glancePort: number;
+  /** Extra ironic.conf text (appended). */
+  ironicConf?: string;
+}
+
+/** The stack with the bmsnap plugin loaded (bmsnap-fake-hardware / bmsnap deploy / bmsnap-fake boot). */
+export class IronicStack {
+  readonly ironic: string;
+  readonly glance: string;
+  readonly bootDir: string;
+
+  constructor(readonly opts: StackOptions) {
+    this.ironic = `http://127.0.0.1:${opts.ironicPort}`;
+    this.glance = `http://127.0.0.1:${opts.glancePort}`;
+    this.bootDir = join(opts.dir, 'fakeboot');
+  }
+
+  get dir(): string { return this.opts.dir; }
+
+  /** Starts Ironic and Glance; resolves to undefined or the failure's output. */
+  async start(): Promise<string | undefined> {
+    const extra = join(this.dir, '..', `${this.dir.split('/').pop()}-ironic-extra.conf`);
+    await writeFile(extra, `[bmsnap]\nfake_boot_dir = /stack/fakeboot\n\n${this.opts.ironicConf ?? ''}\n`);
+    await mkdir(this.bootDir, { recursive: true });
+    await mkdir(join(this.dir, 'log'), { recursive: true });
+    const r = await this.script(['start', this.dir], {
+      BMSNAP_IRONIC_PORT: String(this.opts.ironicPort), BMSNAP_GLANCE_PORT: String(this.opts.glancePort),
+      BMSNAP_IRONIC_PLUGIN: PLUGIN_DIR,
+      BMSNAP_IRONIC_HARDWARE_TYPES: 'fake-hardware,bmsnap-fake-hardware',
+      BMSNAP_IRONIC_DEPLOY_INTERFACES: 'fake,direct,bmsnap',
+      BMSNAP_IRONIC_BOOT_INTERFACES: 'fake,bmsnap-fake',
+      BMSNAP_IRONIC_CONF_EXTRA: extra,
+    });
+    return r.exitCode === 0 ? undefined : `rc ${r.exitCode}\n${r.stdout}\n${r.stderr}`;
+  }
+
+  async stop(): Promise<string | undefined> {
+    const r = await this.script(['stop', this.dir]);
+    return r.exitCode === 0 ? undefined : `rc ${r.exitCode}\n${r.stdout}\n${r.stderr}`;
+  }
+
+  private script(args: string[], env: Record<string, string> = {}) {
+    return execa('bash', [STACK_SCRIPT, ...args], { reject: false, stdin: 'ignore', timeout: 900_000, env: { ...CHILD_ENV, ...env } });
+  }
+
+  async baremetal(args: string[], opts: { json?: boolean; reject?: boolean } = {}) {
+    const r = await execa('bash', [STACK_SCRIPT, 'run', this.dir, 'openstack', 'baremetal', ...args, ...(opts.json ? ['-f', 'json'] : [])],
+      { reject: false, stdin: 'ignore', timeout: 300_000, env: CHILD_ENV });
+    if (opts.reject !== false && r.exitCode !== 0) throw new Error(`openstack baremetal ${args.join(' ')}: rc ${r.exitCode}\n${r.stderr}`);
+    return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr), json: opts.json && r.exitCode === 0 ? JSON.parse(String(r.stdout)) : undefined };
+  }
+
+  async getNode(ident: string): Promise<any> {
+    const res = await fetch(`${this.ironic}/v1/nodes/${ident}`, { headers: { 'X-OpenStack-Ironic-API-Version': '1.95' } });
+    if (res.status !== 200) throw new Error(`GET node ${ident}: ${res.status} ${await res.text()}`);
+    return res.json();
+  }
+
+  /** Waits until the node is in one of WANT and not reserved (the conductor is done with it). */
+  async waitState(ident: string, want: string[], timeoutS: number): Promise<any> {
+    const deadline = Date.now() + timeoutS * 1000;
+    let n: any;
+    while (Date.now() < deadline) {
+      n = await this.getNode(ident);
+      if (want.includes(n.provision_state) && !n.reservation) return n;
+      await sleep(500);
+    }
+    throw new Error(`node ${ident} not in ${want.join('|')} after ${timeoutS}s: ${n?.provision_state} (${n?.last_error})`);
+  }
+
+  async glanceImages(name: string): Promise<any[]> {
+    const res = await fetch(`${this.glance}/v2/images?name=${encodeURIComponent(name)}`);
+    return ((await res.json()) as { images: any[] }).images;
+  }
+
+  /** Enrolls a node with everything given at create (no PATCH on trixie's 29.0.5), manage + adopt. */
+  async activeNode(name: string, createArgs: string[] = []): Promise<string> {
+    const created = await this.baremetal(['node', 'create', '--driver', 'bmsnap-fake-hardware', '--name', name,
+      '--deploy-interface', 'bmsnap', '--boot-interface', 'bmsnap-fake', ...createArgs], { json: true });
+    await this.baremetal(['node', 'manage', name, '--wait', '60']);
+    await this.baremetal(['node', 'adopt', name, '--wait', '60']);
+    return created.json.uuid as string;
+  }
+}
+
+export const snapshotSteps = (imageName: string, disk: string, args: Record<string, unknown> = {}) =>
+  JSON.stringify([{ interface: 'deploy', step: 'snapshot', args: { image_name: imageName, root_device_hints: { name: disk }, ...args } }]);
+
+/** What "booting the ramdisk" started: something that can be killed and ends. */
+export interface Boot { uuid: string; token: string; cmdline: string; exited: boolean; kill(signal: NodeJS.Signals): void; done: Promise<unknown> }
+
+/**
+ * Watches fake_boot_dir: a new or changed <uuid>.cmdline calls `boot` with its content; the
+ * file's removal (the conductor's clean_up_ramdisk, i.e. "power off the ramdisk") kills it.
+ */
+export class FakeBootWatcher<B extends Boot> {
+  readonly boots: B[] = [];
+  private running = new Map<string, B>();
+  private seen = new Map<string, string>();   // uuid -> cmdline content last started
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
+  private n = 0;
+
+  constructor(private readonly bootDir: string, private readonly workDir: string,
+              private readonly boot: (uuid: string, cmdlineFile: string, content: string, n: number) => Promise<B>) {}
+
+  start(): void { this.timer = setInterval(() => { void this.scan(); }, 200); }
+
+  private async scan(): Promise<void> {
+    if (this.stopped) return;
+    const files = (await readdir(this.bootDir).catch(() => [] as string[])).filter((f) => f.endsWith('.cmdline'));
+    const present = new Set(files.map((f) => f.slice(0, -'.cmdline'.length)));
+    for (const [uuid, r] of this.running) {
+      if (!present.has(uuid)) { if (!r.exited) r.kill('SIGTERM'); this.running.delete(uuid); this.seen.delete(uuid); }
+    }
+    for (const uuid of present) {
+      const content = await readFile(join(this.bootDir, `${uuid}.cmdline`), 'utf8').catch(() => '');
+      if (!content || this.seen.get(uuid) === content || this.stopped) continue;
+      this.seen.set(uuid, content);
+      const old = this.running.get(uuid);
+      if (old && !old.exited) old.kill('SIGTERM');
+      const i = ++this.n;
+      const file = join(this.workDir, `${uuid}.${i}.cmdline`);   // the original vanishes at tear-down
+      await writeFile(file, content, { mode: 0o600 });
+      const b = await this.boot(uuid, file, content, i);
+      this.boots.push(b);
+      this.running.set(uuid, b);
+    }
+  }
+
+  async waitBoot(uuid: string, after: number, timeoutS = 60): Promise<B> {
+    return waitFor(`the ramdisk of ${uuid} to boot`, timeoutS, async () => this.boots.slice(after).find((b) => b.uuid === uuid));
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    for (const r of this.boots) if (!r.exited) r.kill('SIGKILL');
+    await Promise.all(this.boots.map((r) => r.done.catch(() => undefined)));
+  }
+}
+
+export const tokenOf = (cmdline: string) => /(?:^|\s)ipa-agent-token=(\S+)/.exec(cmdline)?.[1] ?? '';
