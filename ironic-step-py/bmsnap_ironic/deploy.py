@@ -78,7 +78,7 @@ class BmsnapDeploy(agent.AgentDeploy):
             "ports": [p.as_dict() for p in task.ports],
             "service_version": node.driver_internal_info.get("hardware_manager_version"),
             # Only here: in the body of this one request to the agent.
-            "bmsnap": {"glance_url": images.endpoint, "token": images.token(),
+            "bmsnap": {"glance_url": images.agent_endpoint, "token": images.token(),
                        "image_id": image["id"]},
         }
         try:

@@ -7,6 +7,15 @@ nothing secret is stored on the node.
 from ironic.common import exception
 from ironic.common import keystone
 from keystoneauth1 import exceptions as ks_exc
+from oslo_config import cfg
+
+CONF = cfg.CONF
+CONF.register_opts([
+    cfg.StrOpt("agent_glance_url",
+               help="Glance endpoint as the ramdisk reaches it, when that differs from the "
+                    "conductor's (e.g. a provisioning-network address or a NAT); default: the "
+                    "endpoint the conductor uses."),
+], group="bmsnap")
 
 
 class SnapshotImageError(exception.IronicException):
@@ -20,6 +29,12 @@ class GlanceImages(object):
         self.endpoint = keystone.get_endpoint("glance", session=self._session, auth=self._auth).rstrip("/")
         if self.endpoint.endswith("/v2"):
             self.endpoint = self.endpoint[:-3]
+
+    @property
+    def agent_endpoint(self):
+        """The endpoint the agent uploads to."""
+        url = (CONF.bmsnap.agent_glance_url or self.endpoint).rstrip("/")
+        return url[:-3] if url.endswith("/v2") else url
 
     def token(self):
         """A token the agent can upload with (None when Glance runs without auth)."""

@@ -43,7 +43,7 @@ export async function startAgent(config: AgentConfig, log: Logger, opts: { logFi
   });
   await server.listen({ host: config.listenHost, port: config.listenPort });
   const host = isIPv6(advertise) ? `[${advertise}]` : advertise;
-  const callbackUrl = `${tls ? 'https' : 'http'}://${host}:${config.listenPort}`;
+  const callbackUrl = `${tls ? 'https' : 'http'}://${host}:${config.advertisePort ?? config.listenPort}`;
   log.info({ callbackUrl, tls: !!tls }, 'agent API listening');
 
   let lookup: LookupResult | undefined;

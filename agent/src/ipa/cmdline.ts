@@ -15,6 +15,8 @@ export interface AgentConfig {
   listenPort: number;
   /** Address Ironic should call back on (default: the source address used to reach Ironic). */
   advertiseHost?: string;
+  /** Port Ironic should call back on, when a NAT or port forward sits in between (default: listenPort). */
+  advertisePort?: number;
   /** Serve HTTPS with a self-signed certificate sent as agent_verify_ca (IPA's auto-TLS). */
   autoTls: boolean;
   /** Skip TLS verification towards Ironic (ipa-insecure=1). */
@@ -48,6 +50,7 @@ export function configFromCmdline(args: Map<string, string>, nicMacs: string[]):
   const apiUrls = (args.get('ipa-api-url') ?? '').split(',').map((s) => s.trim()).filter((s) => s && s !== 'mdns');
   const boot = bootifMac(args.get('BOOTIF'));
   const port = Number(args.get('ipa-listen-port') ?? 9999);
+  const advertisePort = Number(args.get('ipa-advertise-port'));
   return {
     apiUrls,
     ...(args.get('ipa-agent-token') ? { agentToken: args.get('ipa-agent-token')! } : {}),
@@ -56,6 +59,7 @@ export function configFromCmdline(args: Map<string, string>, nicMacs: string[]):
     listenHost: args.get('ipa-listen-host') ?? '0.0.0.0',
     listenPort: Number.isInteger(port) && port > 0 && port < 65536 ? port : 9999,
     ...(args.get('ipa-advertise-host') ? { advertiseHost: args.get('ipa-advertise-host')! } : {}),
+    ...(Number.isInteger(advertisePort) && advertisePort > 0 && advertisePort < 65536 ? { advertisePort } : {}),
     autoTls: !truthy(args.get('ipa-disable-auto-tls')),
     insecure: truthy(args.get('ipa-insecure')),
     ...(args.get('ipa-global-request-id') ? { globalRequestId: args.get('ipa-global-request-id')! } : {}),
