@@ -19,6 +19,11 @@ packages=(
   time         # /usr/bin/time: peak RSS in the benchmark
   openssl      # deterministic pseudo-random content
   attr         # setfattr/getfattr: xattrs in test trees
+  qemu-system-x86  # the ramdisk and the snapshots boot in VMs (TCG where KVM is unusable)
+  busybox-static   # the ramdisk's userspace; `busybox nc` behind qemu's guestfwd
+  cpio             # initramfs archives
+  grub-pc-bin      # a BIOS bootloader for the bootable test disk
+  grub2-common     # grub-install
 )
 
 # (no `cmd | grep -q`: with pipefail, grep's early exit would fail the pipeline on SIGPIPE)
