@@ -8,6 +8,7 @@ export class Heartbeater {
   private stopped = false;
   private lastBeat = 0;
   private inFlight: Promise<void> | undefined;
+  private beats = 0;
 
   constructor(
     private readonly beat: () => Promise<void>,
@@ -40,6 +41,8 @@ export class Heartbeater {
     this.inFlight = this.beat();
     try {
       await this.inFlight;
+      // The first one is the moment the conductor knows the ramdisk is up: worth a log line.
+      if (this.beats++ === 0) this.log?.info('first heartbeat accepted by Ironic');
       const t = this.timeoutSeconds();
       this.schedule(t * 1000 * (0.3 + Math.random() * 0.3));
     } catch (err) {

@@ -1,0 +1,204 @@
+// Issue 5 end to end, in qemu (TCG): the ramdisk built by ramdisk-build/ boots in a VM with a
+// bootable test disk attached (read-only), reaches the REAL Ironic 29 and Glance 30 of
+// test/stack/ on the host's 127.0.0.1 through user networking (restrict=on; guestfwd to exactly
+// the two ports; hostfwd for Ironic's calls back to the agent), and Ironic runs the `snapshot`
+// service step (bmsnap plugin). Then the image is downloaded and booted in a fresh VM, which must
+// print the disk's marker: the snapshot boots. Times and sizes are printed as `# metric` lines.
+//
+// Wiring, as an operator would set it for a ramdisk behind NAT: Ironic's [service_catalog]
+// endpoint_override is the address the ramdisk reaches Ironic at (10.0.2.100:PORT) and
+// [bmsnap]agent_glance_url the one it reaches Glance at; the boot interface (bmsnap-fake) hands
+// the ramdisk parameters to this harness, which boots qemu with them plus console=ttyS0 and
+// ipa-advertise-host/-port (the hostfwd Ironic calls back through).
+import t from 'tap';
+import { execa } from 'execa';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { REPO_ROOT } from '../lib/disks.js';
+import { comparePartitionTables, convertToRaw, hashFile, qemuImgCheck, sha256File } from '../lib/verify.js';
+import { pickPortIn } from '../lib/ports.js';
+import { FakeBootWatcher, IronicStack, secs, snapshotSteps, tokenOf, waitFor, type Boot } from '../lib/ironic-stack.js';
+import { GUEST_HOST_IP, Vm } from '../lib/vm.js';
+
+const BUILD = join(REPO_ROOT, 'ramdisk-build/build.sh');
+const BOOTABLE_DISK = join(REPO_ROOT, 'test/lib/bootable-disk.sh');
+
+if (process.getuid?.() !== 0) {
+  t.plan(0, 'needs root (chroot, loop devices, apt-get)');
+  process.exit(0);
+}
+if (!existsSync(join(REPO_ROOT, 'dist/agent/src/cli/main.js'))) {
+  t.fail('the agent is not built: run npm run build');
+  process.exit(1);
+}
+
+const taken = new Set<number>();
+const pickPort = (lo: number, hi: number) => pickPortIn(lo, hi, taken);
+const metrics: Record<string, number> = {};
+const metric = (name: string, value: number, unit: string) => { metrics[name] = value; t.comment(`metric ${name} = ${value} ${unit}`); };
+
+const started = Date.now();
+let completed = false;
+const work = await mkdtemp(join(tmpdir(), 'bmsnap-vm-e2e-'));
+t.comment(`work dir ${work}`);
+const vms: Vm[] = [];
+
+// ------------------------------------------------------------------------------------------------
+// 1. The ramdisk, and a disk that boots.
+
+let kernel = '';
+let initramfs = '';
+await t.test('ramdisk-build: kernel + initramfs', async (t) => {
+  const t0 = Date.now();
+  const r = await execa('bash', [BUILD, '--quiet'], { reject: false, stdin: 'ignore', env: { NODE_OPTIONS: '' } });
+  t.equal(r.exitCode, 0, 'build.sh exits 0', { stderr: String(r.stderr) });
+  kernel = /^kernel (\S+)$/m.exec(String(r.stdout))?.[1] ?? '';
+  initramfs = /^initramfs (\S+)$/m.exec(String(r.stdout))?.[1] ?? '';
+  t.ok(existsSync(kernel) && existsSync(initramfs), 'prints the kernel and initramfs paths', { stdout: String(r.stdout) });
+  const info = JSON.parse(await readFile(join(initramfs, '..', 'build-info.json'), 'utf8'));
+  const size = (await stat(initramfs)).size;
+  t.equal(info.initramfs_sha256, await sha256File(initramfs), 'build-info.json names the initramfs sha256');
+  t.ok(size <= 150e6, `compressed initramfs ${(size / 1e6).toFixed(1)} MB <= 150 MB`);
+  metric('initramfs_mb', Math.round(size / 1e5) / 10, 'MB compressed');
+  metric('initramfs_uncompressed_mb', Math.round(info.uncompressed_bytes / 1e5) / 10, 'MB');
+  t.comment(`build (or cache hit) in ${secs(t0)} s`);
+});
+
+const marker = randomUUID();
+const disk = join(work, 'bootable.raw');
+let payloadSha = '';
+let diskSha = '';
+await t.test('a bootable GPT test disk (BIOS boot + ESP + ext4 root, GRUB)', async (t) => {
+  const r = await execa('bash', [BOOTABLE_DISK, disk, marker], { reject: false, stdin: 'ignore' });
+  t.equal(r.exitCode, 0, 'bootable-disk.sh exits 0', { stderr: String(r.stderr) });
+  payloadSha = String(r.stdout).trim().split('\n').pop() ?? '';
+  t.match(payloadSha, /^[0-9a-f]{64}$/, 'payload hash printed');
+  diskSha = await sha256File(disk);
+});
+
+// ------------------------------------------------------------------------------------------------
+// 2. The stack, and "booting the ramdisk" = a qemu VM with Ironic's parameters.
+
+const ironicPort = await pickPort(17000, 17049);
+const glancePort = await pickPort(17050, 17099);
+const stack = new IronicStack({
+  dir: join(work, 'stack'), ironicPort, glancePort,
+  ironicConf: [
+    '[conductor]', 'service_callback_timeout = 900', '',
+    '[service_catalog]', `endpoint_override = http://${GUEST_HOST_IP}:${ironicPort}`, '',
+  ].join('\n'),
+  bmsnapConf: `agent_glance_url = http://${GUEST_HOST_IP}:${glancePort}`,
+});
+
+interface RamdiskVm extends Boot { vm: Vm; agentPort: number }
+
+async function bootVm(uuid: string, _file: string, content: string, i: number): Promise<RamdiskVm> {
+  const agentPort = await pickPort(17100, 17199);
+  const append = `console=ttyS0 panic=-1 quiet ${content.trim()} ipa-advertise-host=127.0.0.1 ipa-advertise-port=${agentPort} ipa-listen-port=${agentPort}`;
+  const vm = new Vm({
+    name: `ramdisk-${i}`, serialLog: join(work, `ramdisk-${i}.serial.log`), memoryMiB: 1536,
+    kernel, initrd: initramfs, append,
+    disks: [{ file: disk, format: 'raw', readOnly: true }],
+    guestForwards: [ironicPort, glancePort], hostForwards: [agentPort],
+  });
+  vms.push(vm);
+  const r: RamdiskVm = { uuid, token: tokenOf(content), cmdline: content, vm, agentPort, exited: false, done: vm.done, kill: (s) => vm.kill(s) };
+  void vm.done.then(() => { r.exited = true; taken.delete(agentPort); });
+  return r;
+}
+
+await mkdir(join(work, 'cmdlines'), { recursive: true });
+const harness = new FakeBootWatcher<RamdiskVm>(stack.bootDir, join(work, 'cmdlines'), bootVm);
+
+t.teardown(async () => {
+  await harness.stop();
+  for (const vm of vms) await vm.stop();
+  const err = await stack.stop();
+  if (err) console.error(`stack stop: ${err}`);
+  await writeFile(join(work, 'metrics.json'), JSON.stringify(metrics, null, 2)).catch(() => undefined);
+  if (process.env.BMSNAP_KEEP_STACK === '1' || !t.passing() || !completed) console.error(`# kept ${work}`);
+  else await rm(work, { recursive: true, force: true });
+  console.error(`# total ${secs(started)} s`);
+});
+
+let stackUp = false;
+if (kernel && payloadSha) await t.test('stack with the bmsnap plugin', async (t) => {
+  const err = await stack.start();
+  if (err) { t.fail('stack start', { output: err }); return; }
+  stackUp = true;
+  harness.start();
+  t.pass(`stack up after ${secs(started)} s`);
+});
+
+// ------------------------------------------------------------------------------------------------
+// 3. The snapshot service step, with the agent in the VM.
+
+let imageId = '';
+if (stackUp) await t.test('snapshot service step: ramdisk VM -> Glance', async (t) => {
+  const uuid = await stack.activeNode('vm-node');
+  const nBoots = harness.boots.length;
+  const svc = Date.now();
+  await stack.baremetal(['node', 'service', uuid, '--service-steps', snapshotSteps('vm-snap', '/dev/vda')]);
+  const ramdisk = await harness.waitBoot(uuid, nBoots, 120);
+  const vm = ramdisk.vm;
+  t.pass(`Ironic "booted the ramdisk" ${secs(svc)} s after the service request`);
+
+  const init = await vm.waitLine(/bmsnap-ramdisk: starting the agent/, 180);
+  metric('ramdisk_boot_to_agent_s', Math.round(init.seconds * 10) / 10, 's (qemu start -> agent started)');
+  const net = await vm.waitLine(/bmsnap-ramdisk: network (\S+) (\S+)/, 1);
+  t.match(net.match[2], /^10\.0\.2\.15\//, `DHCP address on the console: ${net.text}`);
+  const beat = await vm.waitLine(/first heartbeat accepted by Ironic/, 180);
+  metric('ramdisk_boot_to_first_heartbeat_s', Math.round(beat.seconds * 10) / 10, 's (qemu start -> first heartbeat)');
+
+  const n = await stack.waitState(uuid, ['active', 'service failed'], 900);
+  metric('snapshot_step_s', secs(svc), 's (node service -> node active)');
+  t.equal(n.provision_state, 'active', 'node back to active', { last_error: n.last_error });
+  t.equal(n.last_error, null, 'no last_error');
+  const info = n.driver_internal_info.bmsnap_snapshot;
+  t.match(info, { image_id: String, state: 'active' }, 'driver_internal_info.bmsnap_snapshot: active image');
+  imageId = info?.image_id ?? '';
+  await waitFor('the ramdisk VM to be powered off', 60, async () => ramdisk.exited);
+  t.ok(ramdisk.exited, 'Ironic tore the ramdisk down (the VM was stopped)');
+  t.equal(await sha256File(disk), diskSha, 'source disk unchanged (and it was attached read-only)');
+
+  // the token: nowhere on the node or in the console log
+  const show = await stack.baremetal(['node', 'show', uuid], { json: true });
+  t.notOk(show.stdout.includes(ramdisk.token), 'agent token not in `baremetal node show`');
+  const serial = await readFile(vm.opts.serialLog, 'utf8');
+  t.ok(serial.includes('first heartbeat accepted'), 'serial log captured');
+  t.notOk(serial.includes(ramdisk.token), 'agent token not on the console (quiet kernel, agent logs redact it)');
+});
+
+// ------------------------------------------------------------------------------------------------
+// 4. The snapshot boots.
+
+if (imageId) await t.test('the snapshot boots in a fresh VM', async (t) => {
+  const img: any = await (await fetch(`${stack.glance}/v2/images/${imageId}`)).json();
+  t.equal(img.status, 'active', 'Glance image active');
+  const qcow = join(work, 'snapshot.qcow2');
+  const dl = await fetch(`${stack.glance}/v2/images/${imageId}/file`);
+  t.equal(dl.status, 200, 'download');
+  await writeFile(qcow, Buffer.from(await dl.arrayBuffer()));
+  t.equal(await hashFile(qcow, 'sha512'), img.os_hash_value, 'downloaded sha512 = Glance os_hash_value');
+  const check = await qemuImgCheck(qcow);
+  t.ok(check.clean, 'qemu-img check clean', { report: check.report });
+  const back = join(work, 'snapshot.raw');
+  await convertToRaw(qcow, back);
+  t.same(await comparePartitionTables(disk, back), [], 'partition table identical to the source');
+  await rm(back, { force: true });
+
+  const vm = new Vm({ name: 'snapshot-boot', serialLog: join(work, 'snapshot-boot.serial.log'), memoryMiB: 512,
+    disks: [{ file: qcow, format: 'qcow2', snapshot: true }], noNetwork: true });
+  vms.push(vm);
+  const seen = await vm.waitLine(/BMSNAP-MARKER (\S+) ([0-9a-f]{64})/, 240);
+  metric('snapshot_boot_to_marker_s', Math.round(seen.seconds * 10) / 10, 's (firmware -> GRUB -> kernel -> marker)');
+  t.equal(seen.match[1], marker, 'the booted snapshot prints the source disk\'s marker');
+  t.equal(seen.match[2], payloadSha, 'and the payload file on its root has the source\'s hash');
+  await vm.stop();
+});
+
+metric('total_s', secs(started), 's (this test, stack start included)');
+completed = true;
