@@ -57,7 +57,9 @@ export class Vm {
     }
     args.push('-object', 'rng-random,id=rng0,filename=/dev/urandom', '-device', 'virtio-rng-pci,rng=rng0');
     this.log = createWriteStream(opts.serialLog);
-    this.log.write(`# qemu-system-x86_64 ${args.map((a) => (/\s/.test(a) ? JSON.stringify(a) : a)).join(' ')}\n`);
+    // (secrets on the kernel command line, such as ipa-agent-token, stay out of the log)
+    const shown = args.map((a) => a.replace(/((?:token|password)[^=\s]*=)\S+/gi, '$1***'));
+    this.log.write(`# qemu-system-x86_64 ${shown.map((a) => (/\s/.test(a) ? JSON.stringify(a) : a)).join(' ')}\n`);
     this.proc = execa('qemu-system-x86_64', args, { reject: false, stdin: 'ignore', all: true, buffer: false, env: { NODE_OPTIONS: '' } });
     this.proc.all?.on('data', (chunk: Buffer) => this.onData(chunk));
     void this.proc.then(() => { this.exited = true; this.log.end(); });

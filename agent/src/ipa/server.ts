@@ -3,7 +3,7 @@
 // (also without the /v1 prefix). /v1/commands* needs ?agent_token=; errors are
 // {"faultcode", "faultstring"} as Ironic's agent client parses them.
 import { timingSafeEqual } from 'node:crypto';
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import { Type, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { Logger } from 'pino';
 import { BusyError, type CommandRunner } from './command-runner.js';
@@ -40,7 +40,7 @@ export function buildServer(opts: ServerOptions) {
   // One instance type for HTTP and HTTPS: the agent never uses HTTP/2.
   const app = (Fastify({
     ...(opts.log ? { loggerInstance: opts.log.child({ component: 'api' }) } : {}),
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     ...(opts.https ? { https: opts.https } : {}),
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false } },
   } as FastifyServerOptions) as unknown as FastifyInstance).withTypeProvider<TypeBoxTypeProvider>();
