@@ -13,45 +13,21 @@
 // Needs root (chroot, mount namespaces, loop devices for the test disk). BMSNAP_KEEP_STACK=1
 // keeps the stack dir.
 import t from 'tap';
-import { execa, type ResultPromise } from 'execa';
-import { createWriteStream, existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { REPO_ROOT, buildDisk, run, type TestDisk } from '../lib/disks.js';
+import { buildDisk, run, type TestDisk } from '../lib/disks.js';
 import { comparePartitionTables, convertToRaw, digestAll, hashFile, qemuImgCheck, qemuImgInfo, sha256File } from '../lib/verify.js';
 import { pickPortIn } from '../lib/ports.js';
-import { CHILD_ENV, FakeBootWatcher, IronicStack, secs, snapshotSteps, tokenOf, waitFor, type Boot } from '../lib/ironic-stack.js';
+import { FakeBootWatcher, IronicStack, secs, snapshotSteps, waitFor } from '../lib/ironic-stack.js';
+import { finishStackRun, requireRootAndAgent, tsAgentBooter, type Ramdisk } from '../lib/ts-ramdisk.js';
 
-const TS_AGENT = join(REPO_ROOT, 'dist/agent/src/cli/main.js');
 const CALLBACK_TIMEOUT = 20;               // [conductor]service_callback_timeout for this stack
 
-if (process.getuid?.() !== 0) {
-  t.plan(0, 'needs root (chroot, unshare --mount, loop devices)');
-  process.exit(0);
-}
-if (!existsSync(TS_AGENT)) {
-  t.fail(`${TS_AGENT} is missing: run npm run build`);
-  process.exit(1);
-}
+requireRootAndAgent(t, 'chroot, unshare --mount, loop devices');
 
 const taken = new Set<number>();
 const pickPort = (lo: number, hi: number) => pickPortIn(lo, hi, taken);
-
-// "The ramdisk": the TypeScript agent as a local process, with the command line Ironic gave.
-interface Ramdisk extends Boot { port: number; log: string; proc: ResultPromise }
-
-async function bootAgent(uuid: string, cmdline: string, content: string, i: number): Promise<Ramdisk> {
-  const port = await pickPort(19600, 19699);
-  const log = join(stack.dir, 'log', `agent-${i}-${uuid}.log`);
-  const out = createWriteStream(log);
-  const proc = execa('node', [TS_AGENT, 'agent', '--cmdline', cmdline, '--listen', '127.0.0.1', '--advertise-host', '127.0.0.1',
-    '--port', String(port), '--heartbeat-seconds', '3'], { reject: false, stdin: 'ignore', env: CHILD_ENV, all: true, buffer: false });
-  proc.all?.pipe(out);
-  const r: Ramdisk = { uuid, token: tokenOf(content), cmdline, port, log, proc, exited: false, done: proc, kill: (sig) => { proc.kill(sig); } };
-  void proc.then(() => { r.exited = true; taken.delete(port); });
-  return r;
-}
 
 // ------------------------------------------------------------------------------------------------
 
@@ -67,18 +43,11 @@ const stack = new IronicStack({
 });
 const dir = stack.dir;
 await mkdir(join(work, 'cmdlines'), { recursive: true });
+const bootAgent = tsAgentBooter({ logDir: join(stack.dir, 'log'), ports: [19600, 19699], taken });
 const harness = new FakeBootWatcher<Ramdisk>(stack.bootDir, join(work, 'cmdlines'), bootAgent);
 const disks: TestDisk[] = [];
 
-t.teardown(async () => {
-  await harness.stop();
-  const err = await stack.stop();
-  if (err) console.error(`stack stop: ${err}`);
-  for (const d of disks) await d.cleanup().catch(() => undefined);
-  if (process.env.BMSNAP_KEEP_STACK === '1' || !t.passing() || !completed) console.error(`# kept ${work}`);
-  else await rm(work, { recursive: true, force: true });
-  console.error(`# total ${secs(started)} s`);
-});
+t.teardown(() => finishStackRun({ harness, stack, disks, work, keep: !t.passing() || !completed, started }));
 
 // Everything runs in subtests: the root test ends (and runs its teardown) once it has nothing queued.
 let stackUp = false;

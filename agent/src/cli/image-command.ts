@@ -2,6 +2,7 @@
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { UsageError, OutputError } from '../errors.js';
+import { choice, integer, keyValues, oneLine } from '../options.js';
 import { imageDisk, type ImageFormat } from '../image-disk.js';
 import type { CodecName } from '../encoder/compress/codecs.js';
 import { createLogger } from '../log.js';
@@ -58,7 +59,7 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
   const level = values.level === undefined ? undefined : integer(values.level, '--level', codec === 'zstd' ? [-7, 19] : [0, 9]);
   const workers = values.workers === undefined ? undefined : integer(values.workers, '--workers', [1, 256]);
   const frameCacheBytes = values['stream-cache'] === undefined ? undefined : byteSize(values['stream-cache'], '--stream-cache');
-  const properties = parseProperties(values.property ?? []);
+  const properties = keyValues(values.property ?? [], '--property');
   const visibility = choice(values.visibility ?? 'private', ['private', 'shared', 'community', 'public'], '--visibility') as 'private';
   const retries = values.retries === undefined ? 2 : integer(values.retries, '--retries', [0, 10]);
   if (values.json && out === '-') throw new UsageError('--json prints on stdout, which carries the image with -o -; use --manifest PATH');
@@ -137,58 +138,33 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
 }
 
 function parse(argv: string[]) {
-  try {
-    return parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: {
-        output: { type: 'string', short: 'o' },
-        format: { type: 'string', short: 'f' },
-        compress: { type: 'string', short: 'c' },
-        level: { type: 'string' },
-        workers: { type: 'string' },
-        'stream-cache': { type: 'string' },
-        json: { type: 'boolean' },
-        manifest: { type: 'string' },
-        quiet: { type: 'boolean', short: 'q' },
-        'log-level': { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-        glance: { type: 'string' },
-        'glance-url': { type: 'string' },
-        'token-file': { type: 'string' },
-        'os-cloud': { type: 'string' },
-        cacert: { type: 'string' },
-        insecure: { type: 'boolean' },
-        visibility: { type: 'string' },
-        property: { type: 'string', multiple: true },
-        retries: { type: 'string' },
-        'keep-failed': { type: 'boolean' },
-      },
-    });
-  } catch (err) {
-    throw new UsageError((err as Error).message.split('\n')[0]!);
-  }
-}
-
-function parseProperties(list: string[]): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const kv of list) {
-    const i = kv.indexOf('=');
-    if (i <= 0) throw new UsageError(`--property wants KEY=VALUE (got "${kv}")`);
-    out[kv.slice(0, i)] = kv.slice(i + 1);
-  }
-  return out;
-}
-
-function choice(v: string, allowed: string[], flag: string): string {
-  if (!allowed.includes(v)) throw new UsageError(`${flag} must be one of ${allowed.join(', ')} (got "${v}")`);
-  return v;
-}
-
-function integer(v: string, flag: string, [min, max]: [number, number]): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`${flag} must be an integer from ${min} to ${max} (got "${v}")`);
-  return n;
+  return oneLine(() => parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      output: { type: 'string', short: 'o' },
+      format: { type: 'string', short: 'f' },
+      compress: { type: 'string', short: 'c' },
+      level: { type: 'string' },
+      workers: { type: 'string' },
+      'stream-cache': { type: 'string' },
+      json: { type: 'boolean' },
+      manifest: { type: 'string' },
+      quiet: { type: 'boolean', short: 'q' },
+      'log-level': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+      glance: { type: 'string' },
+      'glance-url': { type: 'string' },
+      'token-file': { type: 'string' },
+      'os-cloud': { type: 'string' },
+      cacert: { type: 'string' },
+      insecure: { type: 'boolean' },
+      visibility: { type: 'string' },
+      property: { type: 'string', multiple: true },
+      retries: { type: 'string' },
+      'keep-failed': { type: 'boolean' },
+    },
+  }));
 }
 
 /** "0", "512M", "4G", "1.5G", "65536" (bytes; K/M/G/T are powers of 1024). */

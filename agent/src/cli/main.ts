@@ -9,6 +9,9 @@ commands:
   image SOURCE -o OUT    image a disk or raw image file into a compressed qcow2 (or raw)
   image SOURCE --glance NAME   ... straight into a new Glance image
   agent                  run the ironic-python-agent compatible agent (ramdisk)
+  server-image-create SERVER NAME [--wait]
+                         snapshot a bare-metal server (Nova server or Ironic node) into a new
+                         Glance image through Ironic, like \`openstack server image create\`
 
 bmsnap <command> --help for the command's options; bmsnap --version for the version.`;
 
@@ -36,6 +39,9 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     case 'agent':
       await (await import('./agent-command.js')).agentCommand(rest, controller.signal);
+      return 0;
+    case 'server-image-create':
+      await (await import('./server-image-create-command.js')).serverImageCreateCommand(rest, controller.signal);
       return 0;
     default:
       throw new UsageError(`unknown command "${command}" (try bmsnap --help)`);

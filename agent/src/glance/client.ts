@@ -1,6 +1,7 @@
 // A small Glance v2 client over undici: create, upload (chunked, streamed), show, delete.
 import { Readable } from 'node:stream';
-import { Agent, request, type Dispatcher } from 'undici';
+import { request, type Dispatcher } from 'undici';
+import { answered, describeNetError, tlsAgent, type TlsOptions } from '../openstack/http.js';
 import { GlanceError } from './errors.js';
 
 export interface GlanceImage {
@@ -15,17 +16,13 @@ export interface GlanceImage {
   [property: string]: unknown;
 }
 
-export interface GlanceConnection {
+export interface GlanceConnection extends TlsOptions {
   /** Image service endpoint, e.g. http://127.0.0.1:9292 (with or without a trailing /v2). */
   endpoint: string;
   /** Keystone token, or undefined for a no-auth Glance. */
   token?: string;
   /** Extra headers (e.g. X-Project-Id for a Glance trusting identity headers). */
   headers?: Record<string, string>;
-  /** PEM bundle of CAs to trust, in addition to none: when set, only these. */
-  ca?: string;
-  /** Default true. */
-  verifyTls?: boolean;
 }
 
 export class GlanceClient {
@@ -34,12 +31,8 @@ export class GlanceClient {
 
   constructor(private readonly conn: GlanceConnection) {
     this.base = conn.endpoint.replace(/\/+$/, '').replace(/\/v2$/, '');
-    this.dispatcher = new Agent({
-      connect: { rejectUnauthorized: conn.verifyTls !== false, ...(conn.ca ? { ca: conn.ca } : {}) },
-      // Uploads can pause while the disk is read; don't let an idle body time the request out.
-      bodyTimeout: 0,
-      headersTimeout: 0,
-    });
+    // Uploads can pause while the disk is read; don't let an idle body time the request out.
+    this.dispatcher = tlsAgent(conn, { bodyTimeout: 0, headersTimeout: 0 });
   }
 
   private headers(extra: Record<string, string> = {}): Record<string, string> {
@@ -60,10 +53,9 @@ export class GlanceClient {
       throw new GlanceError(`${opts.what}: cannot reach Glance at ${this.base}: ${describeNetError(err)}`, undefined, { cause: err });
     }
     if (res.statusCode >= 400) {
+      // a 401 body is a generic "could not verify that you are authorized" page: answered() says what it means
       const text = await res.body.text().catch(() => '');
-      // a 401 body is a generic "could not verify that you are authorized" page: say what it means
-      const why = res.statusCode === 401 ? ' Unauthorized: the token is missing, invalid or expired' : explain(text);
-      throw new GlanceError(`${opts.what}: Glance answered ${res.statusCode}${why}`, res.statusCode);
+      throw new GlanceError(`${opts.what}: ${answered('Glance', res.statusCode, text)}`, res.statusCode);
     }
     return res;
   }
@@ -100,35 +92,4 @@ export class GlanceClient {
   async close(): Promise<void> {
     await this.dispatcher.close();
   }
-}
-
-/** Glance's error bodies: JSON {message} / {error:{message}} or an HTML page; keep one line. */
-function explain(text: string): string {
-  let msg = '';
-  try {
-    const j = JSON.parse(text) as { message?: string; error?: { message?: string }; title?: string };
-    msg = j.message ?? j.error?.message ?? j.title ?? '';
-  } catch {
-    msg = text;
-  }
-  // JSON messages carry HTML too ("...too large.<br /><br />")
-  msg = msg.replace(/<[^>]*>/g, ' ').replace(/\s+/g, ' ').trim().slice(0, 200);
-  return msg ? `: ${msg}` : '';
-}
-
-function describeNetError(err: unknown): string {
-  const e = err as { code?: string; message?: string; cause?: { code?: string; message?: string } };
-  const code = e.cause?.code ?? e.code;
-  const text: Record<string, string> = {
-    ECONNREFUSED: 'connection refused',
-    ECONNRESET: 'connection reset',
-    ETIMEDOUT: 'timed out',
-    ENOTFOUND: 'host not found',
-    UND_ERR_SOCKET: 'connection closed',
-    UND_ERR_ABORTED: 'aborted',
-    DEPTH_ZERO_SELF_SIGNED_CERT: 'self-signed certificate (use --cacert)',
-    SELF_SIGNED_CERT_IN_CHAIN: 'untrusted certificate chain (use --cacert)',
-    UNABLE_TO_VERIFY_LEAF_SIGNATURE: 'untrusted certificate (use --cacert)',
-  };
-  return (code && text[code]) ?? code ?? e.message ?? String(err);
 }

@@ -1,4 +1,4 @@
-// Errors from Glance and Keystone, with the HTTP status when there is one. Messages never
+// Errors from Glance, with the HTTP status when there is one. Messages never
 // contain tokens: they are built from the status and Glance's own explanation only.
 import { BmsnapError } from '../errors.js';
 
@@ -9,12 +9,6 @@ export class GlanceError extends BmsnapError {
   /** Worth retrying with a fresh image: server errors and cut connections, not our mistakes. */
   get retryable(): boolean {
     return this.status === undefined || this.status >= 500;
-  }
-}
-
-export class AuthError extends BmsnapError {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, 'BMSNAP_AUTH', options);
   }
 }
 
