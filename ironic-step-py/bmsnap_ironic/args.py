@@ -9,6 +9,8 @@ DISK_FORMATS = ("qcow2", "raw")
 COMPRESSIONS = ("zstd", "zlib", "none")
 ROOT_HINTS = ("name", "size", "serial", "wwn", "model", "vendor", "rotational", "by_path")
 _PROP_KEY = re.compile(r"^[A-Za-z0-9_:.-]{1,255}$")
+# Operation names are checked by the agent, which knows them; here only the shape.
+_SCRUB_LIST = re.compile(r"^[a-z-]+(,[a-z-]+)*$")
 # Glance core fields and ours: not settable through ``properties``.
 _RESERVED = {"id", "name", "status", "owner", "visibility", "disk_format", "container_format",
              "size", "checksum", "os_hash_algo", "os_hash_value", "min_disk", "min_ram",
@@ -25,6 +27,12 @@ ARGSINFO = {
     "root_device_hints": {"description": "Which disk to capture, as root device hints (default: "
                                          "the node's root_device property, else the smallest "
                                          "disk of at least 4 GiB)", "required": False},
+    "scrub": {"description": "Remove per-machine state from the image, never from the disk: true "
+                             "for the defaults (ssh-hostkeys, machine-id, cloud-init, logs, "
+                             "shell-history, dhcp-leases, tmp) or a comma list of operations "
+                             "(default, ..., ssh-userdir)", "required": False},
+    "scrub_paths": {"description": "With scrub: extra paths to remove from the image's Linux root "
+                                   "filesystems (a list of absolute paths)", "required": False},
 }
 
 
@@ -67,4 +75,18 @@ def validate(args):
         if bad:
             _bad("unsupported root device hint(s) %s" % ", ".join(bad))
         out["root_device_hints"] = hints
+    scrub = args.get("scrub")
+    if scrub is not None and scrub is not False:
+        if scrub is not True and not (isinstance(scrub, str) and _SCRUB_LIST.match(scrub)):
+            _bad("scrub must be true or a comma list of operation names")
+        out["scrub"] = scrub
+    paths = args.get("scrub_paths")
+    if paths is not None:
+        if "scrub" not in out:
+            _bad("scrub_paths needs scrub")
+        if (not isinstance(paths, list) or not all(isinstance(p, str) and p.startswith("/")
+                                                   and ".." not in p.split("/") and p != "/"
+                                                   for p in paths)):
+            _bad("scrub_paths must be a list of absolute paths (no '..', not '/')")
+        out["scrub_paths"] = paths
     return out

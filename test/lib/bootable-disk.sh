@@ -5,8 +5,10 @@
 # by mtools), and an ext4 root holding the Debian kernel the ramdisk uses, a tiny initramfs
 # (busybox + virtio/ext4 modules) that mounts the root read-only and switch_roots into its
 # /sbin/bmsnap-marker, which prints "BMSNAP-MARKER <MARKER> <sha256 of /etc/bmsnap-payload>"
-# on the serial console and powers off. GRUB (i386-pc) is installed on the loop device, so
-# SeaBIOS boots the disk like a server's firmware would. Needs root (loop device, ext4 mount).
+# and its machine id on the serial console and powers off. The root also holds per-machine state
+# (SSH host keys, machine-id, logs, shell history, cloud-init instance, DHCP lease, /tmp) for the
+# scrub test. Prints the payload hash, then the machine id. GRUB (i386-pc) is installed on the
+# loop device, so SeaBIOS boots the disk like a server's firmware would. Needs root (loop device, ext4 mount).
 set -euo pipefail
 out=$1 marker=$2
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -65,12 +67,34 @@ ln -s busybox "$r/bin/sh"
 # some content worth copying: 8 MiB of pseudo-random bytes whose hash the marker prints
 head -c 8M /dev/urandom > "$r/etc/bmsnap-payload"
 echo "$marker" > "$r/etc/bmsnap-marker"
+# per-machine state, as a used server has it (what scrub must remove from an image)
+mkdir -p "$r"/etc/ssh "$r"/root "$r"/var/log "$r"/var/lib/cloud/instances/i-0001 "$r"/var/lib/dhcp "$r"/tmp "$r"/opt/app
+cat /proc/sys/kernel/random/uuid | tr -d '-' > "$r/etc/machine-id"
+echo "test host key $marker" > "$r/etc/ssh/ssh_host_ed25519_key"
+echo "ssh-ed25519 AAAA-test-$marker" > "$r/etc/ssh/ssh_host_ed25519_key.pub"
+echo "Port 22" > "$r/etc/ssh/sshd_config"
+printf 'ls\nexport TOKEN=hunter2\n' > "$r/root/.bash_history"
+printf 'Nov 23 boot\nNov 23 login root\n' > "$r/var/log/syslog"
+echo old > "$r/var/log/syslog.1"
+echo "{}" > "$r/var/lib/cloud/instances/i-0001/obj.pkl"
+ln -s /var/lib/cloud/instances/i-0001 "$r/var/lib/cloud/instance"
+echo "lease { }" > "$r/var/lib/dhcp/dhclient.eth0.leases"
+echo junk > "$r/tmp/build.log"
+echo "API_KEY=abc" > "$r/opt/app/secrets.env"
+echo "keep me" > "$r/opt/app/config"
+# The "OS": prints the marker, the payload hash and its identity. Like systemd and sshd-keygen on
+# a real distribution, it makes a new machine id / host key at boot when they are missing.
 cat > "$r/sbin/bmsnap-marker" <<'EOF'
 #!/bin/busybox sh
-/bin/busybox mount -t proc proc /proc
-echo "BMSNAP-MARKER $(/bin/busybox cat /etc/bmsnap-marker) $(/bin/busybox sha256sum /etc/bmsnap-payload | /bin/busybox cut -c1-64)"
-/bin/busybox sync
-/bin/busybox poweroff -f
+b=/bin/busybox
+$b mount -t proc proc /proc
+$b mount -o remount,rw /
+fresh=
+if [ ! -s /etc/machine-id ]; then $b cat /proc/sys/kernel/random/uuid | $b tr -d '-' > /etc/machine-id; fresh="$fresh machine-id"; fi
+if [ ! -f /etc/ssh/ssh_host_ed25519_key ]; then echo "regenerated" > /etc/ssh/ssh_host_ed25519_key; fresh="$fresh hostkey"; fi
+echo "BMSNAP-MARKER $($b cat /etc/bmsnap-marker) $($b sha256sum /etc/bmsnap-payload | $b cut -c1-64) machine-id=$($b cat /etc/machine-id) regenerated=[${fresh# }]"
+$b sync
+$b poweroff -f
 EOF
 chmod 755 "$r/sbin/bmsnap-marker"
 cp "$ktree/boot/vmlinuz-$kver" "$r/boot/vmlinuz"
@@ -87,3 +111,4 @@ grub-install --target=i386-pc --boot-directory="$r/boot" --modules="part_gpt ext
   | grep -v "warning: " >&2 || true
 [ -f "$r/boot/grub/i386-pc/core.img" ] || die "grub-install failed"
 sha256sum "$r/etc/bmsnap-payload" | cut -c1-64
+cat "$r/etc/machine-id"

@@ -12,6 +12,8 @@ const Args = Type.Object({
   root_device_hints: Type.Optional(Type.Record(Type.String(), Type.Union([Type.String(), Type.Number(), Type.Boolean()]))),
   glance_url: Type.Optional(Type.String({ pattern: '^https?://' })),
   glance_token: Type.Optional(Type.String({ minLength: 1 })),
+  scrub: Type.Optional(Type.Union([Type.Boolean(), Type.String({ pattern: '^[a-z-]+(,[a-z-]+)*$' })])),
+  scrub_paths: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 4096 }), { maxItems: 256 })),
 }, { additionalProperties: false });
 
 export type SnapshotArgs = Static<typeof Args>;

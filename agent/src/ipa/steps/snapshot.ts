@@ -10,6 +10,9 @@ import { openSource } from '../../source/open-source.js';
 import { describeError } from '../../errors.js';
 import { reportingProgress, type Progress } from '../../encoder/progress.js';
 import { chooseRootDevice, type RootDeviceHints } from '../root-device.js';
+import { buildDiskMap } from '../../map/build-map.js';
+import { checkedRelative, parseOperations, type ScrubOperation } from '../../scrub/operations.js';
+import { withScrubbedOverlay, type ScrubResult } from '../../scrub/overlay.js';
 
 export const SNAPSHOT_STEP = {
   step: 'snapshot',
@@ -26,6 +29,8 @@ export const SNAPSHOT_STEP = {
     root_device_hints: { description: 'Which disk to capture, as Ironic root device hints (default: the node\'s root_device property, else the smallest disk >= 4 GiB)', required: false },
     glance_url: { description: 'Glance endpoint for the agent-only step (the snapshot plugin supplies its own)', required: false },
     glance_token: { description: 'Token for glance_url (agent-only step; note step args are visible in the node\'s fields)', required: false },
+    scrub: { description: 'Remove per-machine state from the IMAGE (the disk is untouched): true for the defaults (ssh-hostkeys, machine-id, cloud-init, logs, shell-history, dhcp-leases, tmp) or a comma list of operations (default, ..., ssh-userdir)', required: false },
+    scrub_paths: { description: 'With scrub: extra paths to remove from each Linux root filesystem of the image (a list)', required: false },
   },
 } as const;
 
@@ -48,40 +53,71 @@ export async function runSnapshot(params: Record<string, unknown>, ctx: CommandC
     throw new CommandFailure(describeError(err), 'DeviceNotFound');
   });
   const name = a.image_name ?? `snapshot-${node.name ?? node.uuid ?? 'node'}-${new Date().toISOString().replace(/[:.]/g, '').slice(0, 15)}Z`;
+  let scrubOps: ScrubOperation[] | undefined;
+  try {
+    scrubOps = a.scrub ? parseOperations(a.scrub === true ? undefined : a.scrub) : undefined;
+    for (const p of a.scrub_paths ?? []) checkedRelative(p);
+  } catch (err) {
+    throw new CommandFailure(`invalid snapshot step argument: ${describeError(err)}`, 'InvalidArguments');
+  }
+  if (!scrubOps && a.scrub_paths?.length) throw new CommandFailure('invalid snapshot step argument: scrub_paths needs scrub', 'InvalidArguments');
   const client = new GlanceClient(await resolveGlance({ endpoint, ...(token ? { token } : {}), env: {} }));
-  const source = await openSource(device);
   const started = Date.now();
   const progress = progressReporter(ctx);
+
+  const publish = async (path: string, scrubbed?: ScrubResult) => {
+    const source = await openSource(path);
+    try {
+      const { image, manifest } = await publishToGlance(source, client, {
+        name,
+        visibility: a.visibility ?? 'private',
+        properties: {
+          ...(node.uuid ? { bmsnap_node_uuid: node.uuid } : {}),
+          ...(scrubOps ? { bmsnap_scrubbed: scrubOps.map((o) => o.name).join(',') } : {}),
+          ...a.properties,
+        },
+        captureMethod: creds ? 'ironic-service-step' : 'ironic-service-step-agent-only',
+        format: a.disk_format ?? 'qcow2',
+        codec: a.compression ?? 'zstd',
+        progress,
+        signal: ctx.signal,
+        ...(creds?.image_id ? { imageId: creds.image_id } : {}),
+        ...(deps.log ? { log: deps.log } : {}),
+      });
+      return {
+        image_id: image.id,
+        image_name: name,
+        device,
+        size: manifest.bytesWritten,
+        virtual_size: manifest.virtualSize,
+        checksum: manifest.md5,
+        os_hash_algo: 'sha512',
+        os_hash_value: manifest.sha512,
+        seconds: Math.round((Date.now() - started) / 100) / 10,
+        ...(scrubbed ? { scrubbed: scrubSummary(scrubbed) } : {}),
+      };
+    } finally {
+      await source.close();
+    }
+  };
+
   try {
-    const { image, manifest } = await publishToGlance(source, client, {
-      name,
-      visibility: a.visibility ?? 'private',
-      properties: { ...(node.uuid ? { bmsnap_node_uuid: node.uuid } : {}), ...a.properties },
-      captureMethod: creds ? 'ironic-service-step' : 'ironic-service-step-agent-only',
-      format: a.disk_format ?? 'qcow2',
-      codec: a.compression ?? 'zstd',
-      progress,
-      signal: ctx.signal,
-      ...(creds?.image_id ? { imageId: creds.image_id } : {}),
-      ...(deps.log ? { log: deps.log } : {}),
-    });
-    return {
-      image_id: image.id,
-      image_name: name,
-      device,
-      size: manifest.bytesWritten,
-      virtual_size: manifest.virtualSize,
-      checksum: manifest.md5,
-      os_hash_algo: 'sha512',
-      os_hash_value: manifest.sha512,
-      seconds: Math.round((Date.now() - started) / 100) / 10,
-    };
+    if (!scrubOps) return await publish(device);
+    const disk = await openSource(device);
+    const map = await buildDiskMap(disk, disk.sectorSize).finally(() => disk.close());
+    return await withScrubbedOverlay(device, map, { operations: scrubOps, paths: a.scrub_paths ?? [], ...(deps.log ? { log: deps.log } : {}) },
+      (overlay, result) => publish(overlay, result));
   } catch (err) {
     throw new CommandFailure('Snapshot failed', 'SnapshotError', describeError(err));
   } finally {
-    await source.close();
     await client.close();
   }
+}
+
+/** Per partition, how many paths each operation removed or emptied. */
+function scrubSummary(r: ScrubResult): Record<string, Record<string, number>> {
+  return Object.fromEntries(Object.entries(r.partitions).map(([p, ops]) =>
+    [p, Object.fromEntries(Object.entries(ops).map(([k, v]) => [k, v.removed.length + v.emptied.length]))]));
 }
 
 function progressReporter(ctx: CommandContext): Progress {
