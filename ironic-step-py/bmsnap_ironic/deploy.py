@@ -36,6 +36,11 @@ LOG = log.getLogger(__name__)
 INFO = "bmsnap_snapshot"
 
 
+def _needs_cleanup(node):
+    """A snapshot image the periodic task must delete (see _cleanup_aborted_snapshots)."""
+    return (node.driver_internal_info.get(INFO) or {}).get("state") in ("uploading", "orphaned")
+
+
 def _is_snapshot(step):
     return bool(step) and step.get("interface") == "deploy" and step.get("step") == "snapshot"
 
@@ -136,7 +141,7 @@ class BmsnapDeploy(agent.AgentDeploy):
                 reason="snapshot image %s does not match what the agent sent: %s"
                 % (image_id, "; ".join(problems)))
 
-    def _drop_image(self, task, why):
+    def _drop_image(self, task, why, retry=False):
         node = task.node
         info = dict(node.driver_internal_info.get(INFO) or {})
         image_id = info.get("image_id")
@@ -147,9 +152,12 @@ class BmsnapDeploy(agent.AgentDeploy):
             info["state"] = "deleted"
             LOG.info("Deleted snapshot image %s of node %s: %s", image_id, node.uuid, why)
         except Exception as e:
+            # e.g. Glance itself failed during the upload: the periodic task below tries again
+            # while the node stays in service failed.
             info["state"] = "orphaned"
-            LOG.error("Could not delete snapshot image %s of node %s (%s): %s",
-                      image_id, node.uuid, why, e)
+            (LOG.warning if retry else LOG.error)(
+                "Could not delete snapshot image %s of node %s (%s): %s; will retry while the "
+                "node is in service failed", image_id, node.uuid, why, e)
         info["progress"] = None
         node.set_driver_internal_info(INFO, info)
         node.save()
@@ -161,6 +169,10 @@ class BmsnapDeploy(agent.AgentDeploy):
         off or fast-track is on; virtual-media style token pre-generation needs neither.
         """
         node = task.node
+        if (node.driver_internal_info.get(INFO) or {}).get("state") == "orphaned":
+            # The last snapshot's image could not be deleted yet: one more try before its
+            # record goes (a failure is logged with the image id).
+            self._drop_image(task, "a new servicing starts")
         node.del_driver_internal_info(INFO)
         manager_utils.add_secret_token(node, pregenerated=True)
         node.save()
@@ -178,23 +190,30 @@ class BmsnapDeploy(agent.AgentDeploy):
         return states.SERVICEWAIT
 
     @periodics.node_periodic(
-        purpose="deleting the image of an aborted bmsnap snapshot",
+        purpose="deleting the image of an aborted or failed bmsnap snapshot",
         spacing=10,
         filters={"provision_state": states.SERVICEFAIL, "reserved": False},
         predicate_extra_fields=["driver_internal_info"],
-        predicate=lambda n: (n.driver_internal_info.get(INFO) or {}).get("state") == "uploading",
+        predicate=_needs_cleanup,
         shared_task=False)
     def _cleanup_aborted_snapshots(self, task, manager, context):
-        """Ironic < 2025.2 aborts ``service wait`` without calling tear_down_service.
+        """Deletes snapshot images nothing else will, while the node is in ``service failed``.
 
-        The node goes to ``service failed`` with no last_error while the agent may still be
-        uploading; heartbeats in ``service failed`` are ignored, so nothing else would ever delete
-        the (partial, or later complete) image.
+        * ``orphaned``: a failure whose delete failed too, typically because Glance itself went
+          away during the upload; tried again every run until Glance answers. last_error (the
+          original failure) is kept.
+        * ``uploading``: Ironic < 2025.2 aborts ``service wait`` without calling
+          tear_down_service. The node goes to ``service failed`` with no last_error while the
+          agent may still be uploading; heartbeats in ``service failed`` are ignored, so nothing
+          else would ever delete the (partial, or later complete) image.
         """
         node = task.node
         if node.provision_state != states.SERVICEFAIL:
             return
         info = node.driver_internal_info.get(INFO) or {}
+        if info.get("state") == "orphaned":
+            self._drop_image(task, "retrying after a failed delete", retry=True)
+            return
         if info.get("state") != "uploading":
             return
         self._drop_image(task, "servicing was aborted")

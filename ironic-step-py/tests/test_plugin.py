@@ -133,6 +133,25 @@ class CleanupAndVerifyTest(unittest.TestCase):
         self.cleanup(self.d, task, None, None)
         self.assertEqual(task.node.last_error, "boom")
 
+    def test_orphaned_image_is_deleted_once_glance_answers(self):
+        # a failure whose delete failed (Glance down during the upload): retried, error kept
+        self.glance.delete.side_effect = [RuntimeError("down"), None]
+        task = _task(states.SERVICEFAIL, {"image_id": "i1", "state": "orphaned"},
+                     last_error="Service step deploy.snapshot failed ...")
+        self.cleanup(self.d, task, None, None)
+        self.assertEqual(task.node.driver_internal_info[deploy.INFO]["state"], "orphaned")
+        self.cleanup(self.d, task, None, None)
+        self.assertEqual(self.glance.delete.call_count, 2)
+        self.assertEqual(task.node.driver_internal_info[deploy.INFO]["state"], "deleted")
+        self.assertEqual(task.node.last_error, "Service step deploy.snapshot failed ...")
+
+    def test_periodic_predicate(self):
+        for st, want in (("uploading", True), ("orphaned", True), ("deleted", False),
+                         ("active", False), (None, False)):
+            node = mock.Mock(driver_internal_info={deploy.INFO: {"state": st}})
+            self.assertEqual(deploy._needs_cleanup(node), want, st)
+        self.assertFalse(deploy._needs_cleanup(mock.Mock(driver_internal_info={})))
+
     def test_other_states_untouched(self):
         for st, info in ((states.SERVICEWAIT, {"image_id": "i1", "state": "uploading"}),
                          (states.SERVICEFAIL, {"image_id": "i1", "state": "active"}),
