@@ -29,12 +29,18 @@ const pickPort = (lo: number, hi: number) => pickPortIn(lo, hi, taken);
 
 interface CliResult { exitCode: number; stdout: string; stderr: string; seconds: number }
 
-/** Runs bmsnap with exactly ENV (plus PATH/HOME), none of the runner's OS_* variables. */
-async function bmsnap(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
+/**
+ * Runs bmsnap server-image-create with exactly ENV (plus PATH/HOME), none of the runner's OS_*
+ * variables; with TTY under script(1), on a pty for stdout and stderr alike (both in stdout).
+ */
+async function bmsnap(args: string[], env: Record<string, string> = {}, tty = false): Promise<CliResult> {
   const t0 = Date.now();
-  const r = await execa('node', [TS_AGENT, 'server-image-create', ...args], {
+  const argv = ['node', TS_AGENT, 'server-image-create', ...args];
+  const quote = (a: string) => `'${a.replace(/'/g, `'\\''`)}'`;
+  const [cmd, ...rest] = tty ? ['script', '-qefc', argv.map(quote).join(' '), '/dev/null'] : argv;
+  const r = await execa(cmd!, rest, {
     reject: false, stdin: 'ignore', extendEnv: false, timeout: 600_000, cwd: work,
-    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: work, NODE_OPTIONS: '', ...env },
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: work, NODE_OPTIONS: '', ...(tty ? { TERM: 'dumb' } : {}), ...env },
   });
   return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr), seconds: secs(t0) };
 }
@@ -148,6 +154,19 @@ if (stackUp) await t.test('by node name, --wait: image id on stdout, image activ
   t.equal(states.at(-1), 'active', 'last state logged: active');
   t.match(logs.at(-1), { msg: 'snapshot image active', image: imageId, node: uuid }, 'final record names image and node');
   for (const p of logs.filter((l) => l.msg === 'progress')) t.match(p, { phase: String, bytes: Number, total: Number }, 'progress record');
+});
+
+if (stackUp) await t.test('on a terminal: state lines and a final summary on stderr, no JSON', async (t) => {
+  const r = await bmsnap(['sic-ok', 'sic-tty-image', '--wait', '--ironic-url', stack.ironic], {}, true);
+  const out = String(r.stdout);
+  t.equal(r.exitCode, 0, 'exit 0', { out });
+  const lines = out.split(/\r?\n/).map((l) => l.replace(/^.*\r\x1b\[K/, '')).filter((l) => l.trim());
+  const id = lines.find((l) => UUID.test(l.trim()))?.trim() ?? '';
+  t.match(id, UUID, 'the image id on a line of its own');
+  t.ok(lines.some((l) => /^bmsnap: node sic-ok: service wait$/.test(l)), 'a line per state change (service wait)', { lines });
+  t.ok(lines.some((l) => l.startsWith(`bmsnap: image ${id} ("sic-tty-image") active: snapshot of node sic-ok (`)), 'a closing summary line', { lines });
+  t.notMatch(out, /"level":/, 'no JSON log records on a terminal');
+  t.equal((await glanceImage(id)).status, 'active', 'Glance image active');
 });
 
 if (stackUp) await t.test('a failing snapshot (root device hint matching no disk): exit 1 with the node\'s last_error', async (t) => {
