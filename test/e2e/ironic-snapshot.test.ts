@@ -7,12 +7,18 @@
 //     harness below watches that dir and starts the TypeScript agent (dist/) with that command
 //     line, and stops it when the file goes away (clean_up_ramdisk = the ramdisk powered off);
 //   - [api]restrict_lookup and [agent]require_tls keep their defaults (True): the agent skips
-//     lookup (token + uuid on the command line) and heartbeats with auto-TLS.
-// Cases: success on the GPT test disk (image verified byte for byte after conversion), the agent
-// killed mid-copy, `baremetal node abort` during service wait, Glance down before the step.
+//     lookup (token + uuid on the command line) and heartbeats with auto-TLS;
+//   - the stack has its Keystone (BMSNAP_STACK_KEYSTONE=1): Glance validates every token and
+//     enforces image owners; the conductor's [glance] logs in as a service user, finds Glance in
+//     the catalog and hands the agent a token only in the snapshot command's parameters.
+// Cases: success on the GPT test disk (image verified byte for byte after conversion), image owner
+// = the node's lessee else its owner, the agent killed mid-copy, `baremetal node abort` during
+// service wait, Glance killed during the upload (and back), Glance down before the step; finally
+// no token or password in node fields or any log.
 // Needs root (chroot, mount namespaces, loop devices for the test disk). BMSNAP_KEEP_STACK=1
 // keeps the stack dir.
 import t from 'tap';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -39,8 +45,11 @@ const stack = new IronicStack({
   dir: join(work, 'stack'),
   ironicPort: await pickPort(16360, 16384),   // not the smoke test's 16385-16399
   glancePort: await pickPort(19460, 19479),   // not the smoke test's 19480-19499
+  keystonePort: await pickPort(15000, 15099),
   ironicConf: `[conductor]\nservice_callback_timeout = ${CALLBACK_TIMEOUT}\n`,
 });
+/** Passwords of the Keystone users the test creates (checked to be in no log). */
+const userPasswords: string[] = [];
 const dir = stack.dir;
 await mkdir(join(work, 'cmdlines'), { recursive: true });
 const bootAgent = tsAgentBooter({ logDir: join(stack.dir, 'log'), ports: [19600, 19699], taken });
@@ -63,6 +72,10 @@ await t.test('stack with the bmsnap plugin', async (t) => {
   const drv = await stack.baremetal(['driver', 'show', 'bmsnap-fake-hardware'], { json: true });
   t.ok(drv.json.enabled_deploy_interfaces.includes('bmsnap'), 'bmsnap deploy interface enabled', { got: drv.json.enabled_deploy_interfaces });
   t.ok(drv.json.enabled_boot_interfaces.includes('bmsnap-fake'), 'bmsnap-fake boot interface enabled', { got: drv.json.enabled_boot_interfaces });
+  const anon = await fetch(`${stack.glance}/v2/images`);
+  t.equal(anon.status, 401, 'Glance refuses a request without a token (Keystone auth)');
+  const bogus = await fetch(`${stack.glance}/v2/images`, { headers: { 'x-auth-token': 'not-a-token' } });
+  t.equal(bogus.status, 401, 'Glance refuses a token Keystone did not issue');
 });
 if (!stackUp) process.exitCode = 1;
 
@@ -99,7 +112,7 @@ if (stackUp) await t.test('snapshot of the GPT disk into Glance', async (t) => {
   const info = n.driver_internal_info.bmsnap_snapshot;
   t.match(info, { image_id: String, state: 'active', image_name: 'e2e-snap' }, 'driver_internal_info.bmsnap_snapshot');
 
-  const res = await fetch(`${stack.glance}/v2/images/${info.image_id}`);
+  const res = await stack.glanceFetch(`/v2/images/${info.image_id}`);
   const img: any = await res.json();
   t.equal(img.status, 'active', 'Glance image active');
   t.equal(img.name, 'e2e-snap', 'image name as asked');
@@ -109,7 +122,7 @@ if (stackUp) await t.test('snapshot of the GPT disk into Glance', async (t) => {
   t.equal(img.os_hash_value, info.os_hash_value, 'Glance sha512 = what the agent reported');
 
   const qcow = join(work, 'e2e-snap.qcow2');
-  const dl = await fetch(`${stack.glance}/v2/images/${info.image_id}/file`);
+  const dl = await stack.glanceFetch(`/v2/images/${info.image_id}/file`);
   t.equal(dl.status, 200, 'download');
   await writeFile(qcow, Buffer.from(await dl.arrayBuffer()));
   t.equal(await hashFile(qcow, 'md5'), img.checksum, 'downloaded md5 = Glance checksum');
@@ -137,6 +150,71 @@ if (stackUp) await t.test('snapshot of the GPT disk into Glance', async (t) => {
     t.notOk(text.includes(token), `token not in log/${f}`);
   }
   t.comment(`success case: ${secs(t0)} s`);
+});
+
+// ------------------------------------------------------------------------------------------------
+// 2. The image belongs to the node's lessee (else its owner), in a Glance that enforces owners.
+
+/** md5 and sha512 of a response body, streamed. */
+async function digestBody(res: Response): Promise<{ md5: string; sha512: string; size: number }> {
+  const md5 = createHash('md5');
+  const sha = createHash('sha512');
+  let size = 0;
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) { md5.update(chunk); sha.update(chunk); size += chunk.length; }
+  return { md5: md5.digest('hex'), sha512: sha.digest('hex'), size };
+}
+
+if (stackUp) await t.test("image owner: the node's lessee, else its owner (Glance with Keystone)", async (t) => {
+  const t0 = Date.now();
+  const ks = stack.keystone!;
+  const member = (n: number) => {
+    const u = { project: `e2e-project-${n}`, user: `e2e-user-${n}`, password: `pw-${randomBytes(12).toString('hex')}` };
+    userPasswords.push(u.password);
+    return u;
+  };
+  const [u1, u2] = [member(1), member(2)];
+  const p1 = (await ks.createProjectUser(u1)).projectId;
+  const p2 = (await ks.createProjectUser(u2)).projectId;
+  if (!disks.length) disks.push(await buildDisk('gpt', work));   // made by the success case
+  const disk = disks[0]!.path;
+  const cases = [
+    { name: 'e2e-lessee', create: ['--owner', p1, '--lessee', p2], owner: p2, ownerUser: u2, otherUser: u1, what: 'lessee P2 (owner P1)' },
+    { name: 'e2e-owner', create: ['--owner', p1], owner: p1, ownerUser: u1, otherUser: u2, what: 'owner P1, no lessee' },
+  ];
+  // owner/lessee given at `node create` (trixie's 29.0.5 breaks nodes on any PATCH; see test/stack/README.md)
+  const uuids: string[] = [];
+  for (const c of cases) uuids.push(await stack.activeNode(c.name, c.create));
+  // both snapshots at once: two agents read the same disk (read-only)
+  const svc = Date.now();
+  await Promise.all(cases.map((c, i) => stack.baremetal(['node', 'service', uuids[i]!, '--service-steps', snapshotSteps(c.name, disk)])));
+  const nodes = await Promise.all(uuids.map((u) => stack.waitState(u, ['active', 'service failed'], 300)));
+  t.comment(`two snapshots: ${secs(svc)} s`);
+  for (const [i, c] of cases.entries()) {
+    const n = nodes[i];
+    t.equal(n.owner, p1, `${c.name}: node owner P1`);
+    t.equal(n.lessee, c.create.includes('--lessee') ? p2 : null, `${c.name}: node lessee ${c.create.includes('--lessee') ? 'P2' : 'none'}`);
+    t.equal(n.provision_state, 'active', `${c.name}: node back to active`);
+    t.equal(n.last_error, null, `${c.name}: no last_error`);
+    const info = n.driver_internal_info.bmsnap_snapshot;
+    t.match(info, { image_id: String, state: 'active' }, `${c.name}: snapshot recorded`);
+    const img: any = await (await stack.glanceFetch(`/v2/images/${info.image_id}`)).json();
+    t.equal(img.owner, c.owner, `${c.name} (${c.what}): image owner = ${c.owner === p2 ? 'P2 (the lessee)' : 'P1 (the owner)'}`);
+    t.equal(img.visibility, 'private', `${c.name}: visibility private`);
+    t.equal(img.status, 'active', `${c.name}: image active`);
+    t.equal(img.size, info.size, `${c.name}: Glance size = the agent's`);
+    t.equal(img.os_hash_value, info.os_hash_value, `${c.name}: Glance sha512 = the agent's`);
+    // Glance enforces the owner: the owning project's member reads it, the other project's does not
+    const own = (await ks.token(c.ownerUser.user, c.ownerUser.password, c.ownerUser.project)).token;
+    const dl = await fetch(`${stack.glance}/v2/images/${info.image_id}/file`, { headers: { 'x-auth-token': own } });
+    t.equal(dl.status, 200, `${c.name}: a member of the owning project downloads it`);
+    const got = await digestBody(dl);
+    t.same(got, { md5: img.checksum, sha512: img.os_hash_value, size: img.size }, `${c.name}: downloaded bytes have Glance's md5, sha512 and size`);
+    const other = (await ks.token(c.otherUser.user, c.otherUser.password, c.otherUser.project)).token;
+    const hidden = await fetch(`${stack.glance}/v2/images/${info.image_id}`, { headers: { 'x-auth-token': other } });
+    t.equal(hidden.status, 404, `${c.name}: a member of the other project cannot see it (404)`);
+    await hidden.body?.cancel();
+  }
+  t.comment(`owner case: ${secs(t0)} s`);
 });
 
 // ------------------------------------------------------------------------------------------------
@@ -199,10 +277,44 @@ if (stackUp) await t.test('baremetal node abort during service wait', async (t) 
   t.comment(`abort case: ${secs(t0)} s`);
 });
 
+if (stackUp) await t.test('Glance killed during the upload, then back', async (t) => {
+  const t0 = Date.now();
+  const { uuid, ramdisk, imageId } = await startBigSnapshot('e2e-glancekill');
+  process.kill(await stack.servicePid('glance'), 'SIGKILL');
+  t.pass(`glance-api SIGKILLed while image ${imageId} was saving`);
+  const n = await stack.waitState(uuid, ['service failed', 'active'], 120);
+  t.comment(`last_error: ${n.last_error}`);
+  t.equal(n.provision_state, 'service failed', 'service failed');
+  // Ironic 29 handles a failure the agent reports for a service step like a deploy failure
+  // (deploying_error_handler): no maintenance, unlike the timeout and Glance-down cases.
+  t.equal(n.maintenance, false, 'no maintenance (agent-reported failure, Ironic 29)');
+  t.notOk(String(n.last_error).includes('\n'), 'last_error is one line');
+  t.match(n.last_error, new RegExp(`^Service step deploy\\.snapshot failed on node ${uuid}\\. uploading image ${imageId}: .*Glance`),
+    'last_error names the step, the image and the Glance failure', { last_error: n.last_error });
+  t.equal(n.driver_internal_info.bmsnap_snapshot?.state, 'orphaned', 'the delete failed too (Glance down): bmsnap_snapshot.state orphaned');
+  await waitFor('the ramdisk to be powered off (tear-down)', 30, async () => ramdisk.exited);
+
+  const err = await stack.restartService('glance');
+  t.equal(err, undefined, 'glance-api restarted', { err });
+  const back = Date.now();
+  const done = await waitFor('the plugin to delete the orphaned image', 60, async () => {
+    const x = await stack.getNode(uuid);
+    return x.driver_internal_info.bmsnap_snapshot?.state === 'deleted' ? x : undefined;
+  });
+  t.comment(`orphan deleted ${secs(back)} s after Glance came back`);
+  t.equal(done.last_error, n.last_error, 'last_error (the original failure) kept');
+  t.equal(done.provision_state, 'service failed', 'still service failed');
+  const gone = await stack.glanceFetch(`/v2/images/${imageId}`);
+  t.equal(gone.status, 404, `image ${imageId} gone from Glance`);
+  t.same(await stack.glanceImages('e2e-glancekill'), [], 'no image of that name left');
+  t.equal(await sha256File(big), bigSha, 'source disk unchanged');
+  t.comment(`glance-killed case: ${secs(t0)} s`);
+});
+
 if (stackUp) await t.test('Glance down before the step', async (t) => {
   const t0 = Date.now();
   const uuid = await stack.activeNode('e2e-noglance');
-  const pid = Number((await readFile(join(dir, 'run', 'glance.pid'), 'utf8')).trim());
+  const pid = await stack.servicePid('glance');
   process.kill(pid, 'SIGTERM');
   await waitFor('Glance to stop', 30, async () => !(await fetch(`${stack.glance}/versions`).then(() => true, () => false)));
   const disk = disks[0]!.path;
@@ -216,6 +328,27 @@ if (stackUp) await t.test('Glance down before the step', async (t) => {
   t.equal(n.maintenance, true, 'maintenance set by Ironic (failure during a step)');
   t.equal(n.driver_internal_info.bmsnap_snapshot, undefined, 'no image was created, nothing recorded');
   t.comment(`glance-down case: ${secs(t0)} s`);
+});
+
+// ------------------------------------------------------------------------------------------------
+// No secret anywhere: every agent token, every Keystone token (fernet: "gAAAAA" + base64url, so
+// also the Glance token each agent got in its command parameters), every password.
+
+if (stackUp) await t.test('no token or password in node fields or any log', async (t) => {
+  const fernet = /gAAAAA[A-Za-z0-9_-]{60,}/;
+  const sample = (await stack.keystone!.token('admin', stack.keystone!.admin.password, 'admin')).token;
+  t.ok(fernet.test(sample), 'the pattern matches a real token of this Keystone');
+  const secrets = [...harness.boots.map((b) => b.token).filter((x) => x.length >= 32), ...(await stack.passwords()), ...userPasswords];
+  t.ok(secrets.length >= harness.boots.length + 5, `${secrets.length} secrets to look for (${harness.boots.length} agent tokens, 5 passwords)`);
+  const nodes = await stack.baremetal(['node', 'list', '--long'], { json: true });
+  const texts: [string, string][] = [['`baremetal node list --long -f json`', nodes.stdout]];
+  for (const f of await readdir(join(dir, 'log'))) texts.push([`log/${f}`, await readFile(join(dir, 'log', f), 'utf8')]);
+  texts.push(['keystone/manage.log', await readFile(join(dir, 'keystone/manage.log'), 'utf8').catch(() => '')]);
+  for (const [what, text] of texts) {
+    // booleans only: a failure must not print the secret it found
+    t.notOk(fernet.test(text), `no Keystone token in ${what}`);
+    t.equal(secrets.filter((x) => text.includes(x)).length, 0, `no agent token or password in ${what}`);
+  }
 });
 
 completed = true;

@@ -1,11 +1,13 @@
 // The real Ironic 29 + Glance 30 stack (test/stack/openstack-stack.sh, a Debian trixie chroot on
-// 127.0.0.1) as the end-to-end tests drive it: start/stop, the `openstack baremetal` CLI, node
-// and image queries, and a watcher for the bmsnap-fake boot interface's "ramdisk boots"
-// (<uuid>.cmdline files appearing in and vanishing from [bmsnap]fake_boot_dir).
+// 127.0.0.1) as the end-to-end tests drive it: start/stop (also of one service), the
+// `openstack baremetal` CLI, node and image queries, the optional Keystone's admin API, and a
+// watcher for the bmsnap-fake boot interface's "ramdisk boots" (<uuid>.cmdline files appearing in
+// and vanishing from [bmsnap]fake_boot_dir).
 import { execa } from 'execa';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { REPO_ROOT } from './disks.js';
+import { keystoneAdmin, type KeystoneAdmin } from './keystone.js';
 
 export const STACK_SCRIPT = join(REPO_ROOT, 'test/stack/openstack-stack.sh');
 export const PLUGIN_DIR = join(REPO_ROOT, 'ironic-step-py');
@@ -30,13 +32,23 @@ export interface StackOptions {
   glancePort: number;
   /** Extra ironic.conf text (appended). */
   ironicConf?: string;
+  /**
+   * With a Keystone on this port (BMSNAP_STACK_KEYSTONE=1): Glance validates tokens, Ironic's
+   * [glance] logs in as the service user "ironic" and finds Glance in the catalog.
+   */
+  keystonePort?: number;
 }
+
+export type StackService = 'ironic' | 'glance' | 'keystone';
 
 /** The stack with the bmsnap plugin loaded (bmsnap-fake-hardware / bmsnap deploy / bmsnap-fake boot). */
 export class IronicStack {
   readonly ironic: string;
   readonly glance: string;
   readonly bootDir: string;
+  /** The Keystone's admin API (after start(), with keystonePort). */
+  keystone: KeystoneAdmin | undefined;
+  private adminToken: { token: string; at: number } | undefined;
 
   constructor(readonly opts: StackOptions) {
     this.ironic = `http://127.0.0.1:${opts.ironicPort}`;
@@ -59,8 +71,44 @@ export class IronicStack {
       BMSNAP_IRONIC_DEPLOY_INTERFACES: 'fake,direct,bmsnap',
       BMSNAP_IRONIC_BOOT_INTERFACES: 'fake,bmsnap-fake',
       BMSNAP_IRONIC_CONF_EXTRA: extra,
+      BMSNAP_STACK_KEYSTONE: this.opts.keystonePort ? '1' : '0',
+      ...(this.opts.keystonePort ? { BMSNAP_KEYSTONE_PORT: String(this.opts.keystonePort) } : {}),
     });
+    if (r.exitCode !== 0) return `rc ${r.exitCode}\n${r.stdout}\n${r.stderr}`;
+    if (this.opts.keystonePort) {
+      const password = (await readFile(join(this.dir, 'keystone/admin-password'), 'utf8')).trim();
+      this.keystone = keystoneAdmin(`http://127.0.0.1:${this.opts.keystonePort}`, { username: 'admin', password, project: 'admin' });
+    }
+    return undefined;
+  }
+
+  /** The stack's generated Keystone passwords (admin, glance, ironic); none without Keystone. */
+  async passwords(): Promise<string[]> {
+    if (!this.opts.keystonePort) return [];
+    return Promise.all(['admin', 'glance', 'ironic'].map(async (n) => (await readFile(join(this.dir, `keystone/${n}-password`), 'utf8')).trim()));
+  }
+
+  /** PID of a running service of the stack (from DIR/run/NAME.pid). */
+  async servicePid(name: StackService): Promise<number> {
+    return Number((await readFile(join(this.dir, 'run', `${name}.pid`), 'utf8')).trim());
+  }
+
+  /** (Re)starts one service with its existing config (`openstack-stack.sh restart`). */
+  async restartService(name: StackService): Promise<string | undefined> {
+    const r = await this.script(['restart', this.dir, name]);
     return r.exitCode === 0 ? undefined : `rc ${r.exitCode}\n${r.stdout}\n${r.stderr}`;
+  }
+
+  /** A request to Glance; with Keystone, as the admin (project admin) unless headers carry a token. */
+  async glanceFetch(path: string, init: RequestInit = {}): Promise<Response> {
+    const headers = new Headers(init.headers);
+    if (this.keystone && !headers.has('x-auth-token')) {
+      if (!this.adminToken || Date.now() - this.adminToken.at > 20 * 60_000) {
+        this.adminToken = { token: (await this.keystone.token('admin', this.keystone.admin.password, 'admin')).token, at: Date.now() };
+      }
+      headers.set('x-auth-token', this.adminToken.token);
+    }
+    return fetch(`${this.glance}${path}`, { ...init, headers });
   }
 
   async stop(): Promise<string | undefined> {
@@ -98,7 +146,8 @@ export class IronicStack {
   }
 
   async glanceImages(name: string): Promise<any[]> {
-    const res = await fetch(`${this.glance}/v2/images?name=${encodeURIComponent(name)}`);
+    const res = await this.glanceFetch(`/v2/images?name=${encodeURIComponent(name)}`);
+    if (res.status !== 200) throw new Error(`Glance image list: ${res.status} ${await res.text()}`);
     return ((await res.json()) as { images: any[] }).images;
   }
 

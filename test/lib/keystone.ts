@@ -2,29 +2,32 @@
 // e2e tests of bmsnap's Keystone auth (OS_* variables, clouds.yaml, application credentials).
 //
 // Everything lives in its own directory: keystone.conf, a sqlite DB, fernet and credential key
-// repositories, logs. `keystone-manage db_sync / fernet_setup / credential_setup / bootstrap`
-// prepare it (~10 s), then `keystone-wsgi-public` (pbr's wsgiref test server: one process, one
-// thread, plenty for tests) serves it; it is stopped by PID, and killed at exit if the test
-// process dies. python3-keystone is apt-installed on first use (~30 s, no debconf questions, no
-// service started: the `keystone` package, which runs uwsgi and asks questions, is not needed).
+// repositories, logs. test/lib/keystone-init.sh (keystone-manage db_sync / fernet_setup /
+// credential_setup / bootstrap; shared with the trixie stack's Keystone) prepares it (~10 s), then
+// `keystone-wsgi-public` (pbr's wsgiref test server: one process, one thread, plenty for tests)
+// serves it; it is stopped by PID, and killed at exit if the test process dies. python3-keystone
+// is apt-installed on first use (~30 s, no debconf questions, no service started: the `keystone`
+// package, which runs uwsgi and asks questions, is not needed).
+//
+// keystoneAdmin() is the admin-API client alone; the trixie stack's Keystone
+// (test/lib/ironic-stack.ts) uses it too.
 import { execa } from 'execa';
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { makeTempDir, removeTempDir } from './disks.js';
+import { REPO_ROOT, makeTempDir, removeTempDir } from './disks.js';
 import { pickPort } from './glance.js';
 
 const KEYSTONE_MANAGE = '/usr/bin/keystone-manage';
 const KEYSTONE_WSGI = '/usr/bin/keystone-wsgi-public';
+export const KEYSTONE_INIT = join(REPO_ROOT, 'test/lib/keystone-init.sh');
 
-export interface LocalKeystone {
+/** Admin-API access to a Keystone (bootstrap admin, domain Default). */
+export interface KeystoneAdmin {
   /** http://127.0.0.1:PORT (the identity endpoint is URL/v3). */
   url: string;
-  port: number;
-  dir: string;
-  pid: number;
   region: string;
   /** The bootstrap admin (project "admin", domain Default). */
   admin: { username: string; password: string; project: string };
@@ -38,6 +41,12 @@ export interface LocalKeystone {
   createProjectUser(o: { project: string; user: string; password: string; role?: string }): Promise<{ projectId: string; userId: string }>;
   /** An application credential of USER (scoped to PROJECT), with the given secret. */
   createAppCredential(o: { user: string; password: string; project: string; name: string; secret: string }): Promise<{ id: string }>;
+}
+
+export interface LocalKeystone extends KeystoneAdmin {
+  port: number;
+  dir: string;
+  pid: number;
   stop(): Promise<void>;
   /** stop() and remove the dir. */
   dispose(): Promise<void>;
@@ -75,12 +84,6 @@ export async function ensureKeystoneInstalled(): Promise<void> {
   if (r.exitCode !== 0) throw new Error(`apt-get install python3-keystone failed:\n${String(r.stderr).slice(-2000)}`);
 }
 
-async function manage(conf: string, args: string[]): Promise<void> {
-  // keystone-manage prints an eventlet traceback at interpreter exit; its exit code is what counts
-  const r = await execa(KEYSTONE_MANAGE, ['--config-file', conf, ...args], { reject: false, stdin: 'ignore', timeout: 300_000 });
-  if (r.exitCode !== 0) throw new Error(`keystone-manage ${args[0]} failed (${r.exitCode}):\n${String(r.stderr).slice(-2000)}`);
-}
-
 export async function startKeystone(opts: { port?: number; adminPassword?: string } = {}): Promise<LocalKeystone> {
   await ensureKeystoneInstalled();
   const dir = await makeTempDir('bmsnap-keystone-');
@@ -88,36 +91,17 @@ export async function startKeystone(opts: { port?: number; adminPassword?: strin
   const admin = { username: 'admin', password: opts.adminPassword ?? `admin-${Math.random().toString(36).slice(2)}`, project: 'admin' };
   let pid = 0;
   let port = 0;
-  const conf = join(dir, 'keystone.conf');
   try {
     port = opts.port ?? (await pickPort());
     const url = `http://127.0.0.1:${port}`;
     await mkdir(join(dir, 'log'));
-    await writeFile(conf, [
-      '[DEFAULT]', `log_file = ${dir}/log/keystone.log`,
-      '[database]', `connection = sqlite:///${dir}/keystone.sqlite`,
-      '[token]', 'provider = fernet',
-      '[fernet_tokens]', `key_repository = ${dir}/fernet-keys`,
-      '[fernet_receipts]', `key_repository = ${dir}/fernet-receipts`,
-      '[credential]', `key_repository = ${dir}/credential-keys`,
-      '',
-    ].join('\n'));
-    const owner = ['--keystone-user', 'root', '--keystone-group', 'root'];
-    await Promise.all([
-      manage(conf, ['db_sync']),
-      manage(conf, ['fernet_setup', ...owner]),
-      manage(conf, ['credential_setup', ...owner]),
-    ]);
-    // WAL: keystone reads and writes through separate connections within one request (e.g.
-    // POST /v3/endpoints); with sqlite's default rollback journal the write fails "database is locked"
-    await execa('/usr/bin/python3', ['-c', 'import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute("PRAGMA journal_mode=WAL"); c.close()', join(dir, 'keystone.sqlite')], { stdin: 'ignore' });
-    await manage(conf, ['bootstrap', '--bootstrap-password', admin.password,
-      '--bootstrap-admin-url', `${url}/v3`, '--bootstrap-public-url', `${url}/v3`, '--bootstrap-internal-url', `${url}/v3`,
-      '--bootstrap-region-id', region]);
+    await writeFile(join(dir, 'admin-password'), admin.password, { mode: 0o600 });
+    const init = await execa('sh', [KEYSTONE_INIT, dir, url, region, join(dir, 'log/keystone.log')], { reject: false, stdin: 'ignore', timeout: 300_000 });
+    if (init.exitCode !== 0) throw new Error(`keystone-init.sh failed (${init.exitCode}):\n${String(init.stderr).slice(-2000)}`);
 
     const out = openSync(join(dir, 'log/stdout.log'), 'a');
     const child = spawn(KEYSTONE_WSGI, ['--host', '127.0.0.1', '--port', String(port)], {
-      detached: true, stdio: ['ignore', out, out], env: { ...process.env, OS_KEYSTONE_CONFIG_FILES: conf },
+      detached: true, stdio: ['ignore', out, out], env: { ...process.env, OS_KEYSTONE_CONFIG_FILES: join(dir, 'keystone.conf') },
     });
     closeSync(out);
     child.unref();
@@ -138,11 +122,37 @@ export async function startKeystone(opts: { port?: number; adminPassword?: strin
     throw err;
   }
 
-  const url = `http://127.0.0.1:${port}`;
-  let adminToken: string | undefined;
-
   const ks: LocalKeystone = {
-    url, port, dir, pid, region, admin,
+    ...keystoneAdmin(`http://127.0.0.1:${port}`, admin, region),
+    port, dir, pid,
+    async stop() {
+      if (!ks.pid) return;
+      await stopPid(ks.pid);
+      ks.pid = 0;
+    },
+    async dispose() {
+      try {
+        await ks.stop();
+      } finally {
+        await removeTempDir(dir);
+      }
+    },
+    logTail(lines = 30) {
+      try {
+        return readFileSync(join(dir, 'log/keystone.log'), 'utf8').split('\n').slice(-lines - 1).join('\n');
+      } catch {
+        return '';
+      }
+    },
+  };
+  return ks;
+}
+
+/** The admin-API client of the Keystone at URL, logging in as ADMIN (domain Default). */
+export function keystoneAdmin(url: string, admin: { username: string; password: string; project: string }, region = 'RegionOne'): KeystoneAdmin {
+  let adminToken: string | undefined;
+  const ks: KeystoneAdmin = {
+    url, region, admin,
     async token(user, password, project) {
       const res = await fetch(`${url}/v3/auth/tokens`, {
         method: 'POST',
@@ -188,25 +198,6 @@ export async function startKeystone(opts: { port?: number; adminPassword?: strin
       const r = (await ks.api('POST', `/users/${t.userId}/application_credentials`,
         { application_credential: { name: o.name, secret: o.secret } }, t.token)) as { application_credential: { id: string } };
       return { id: r.application_credential.id };
-    },
-    async stop() {
-      if (!ks.pid) return;
-      await stopPid(ks.pid);
-      ks.pid = 0;
-    },
-    async dispose() {
-      try {
-        await ks.stop();
-      } finally {
-        await removeTempDir(dir);
-      }
-    },
-    logTail(lines = 30) {
-      try {
-        return readFileSync(join(dir, 'log/keystone.log'), 'utf8').split('\n').slice(-lines - 1).join('\n');
-      } catch {
-        return '';
-      }
     },
   };
   return ks;

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Real Ironic 29 + Glance 30 (Debian trixie, from test/stack/trixie-chroot.sh) on 127.0.0.1, for
-# end-to-end tests. No Keystone (noauth), sqlite, one process per service.
+# end-to-end tests. sqlite, one process per service; no Keystone (noauth) unless
+# BMSNAP_STACK_KEYSTONE=1 adds one (trixie's Keystone) that Glance and Ironic's [glance] use.
 #
 #   openstack-stack.sh start  DIR     # config + DBs in DIR, start, wait until healthy; prints DIR/stack.env
 #   openstack-stack.sh stop   DIR     # stop by recorded PID (TERM, then KILL after 15 s)
 #   openstack-stack.sh status DIR     # "name pid url" per service; rc 1 unless all are up
+#   openstack-stack.sh restart DIR SERVICE  # (re)start one service (ironic|glance|keystone) with
+#                                     # its existing config, e.g. after a test killed it
 #   openstack-stack.sh run    DIR CMD...   # run CMD inside the chroot with OS_* set for the stack,
 #                                          # e.g. run DIR openstack baremetal node list
 #
@@ -31,20 +34,28 @@
 #                                 ironic-step-py: bound read-only at /plugin, put on PYTHONPATH,
 #                                 with a generated dist-info so stevedore finds its entry points
 #   BMSNAP_IRONIC_CONF_EXTRA=FILE  an ini file appended to ironic.conf (later sections win)
-#   BMSNAP_GLANCE_AUTH=noauth|headerauth   headerauth: X-Identity-Status: Confirmed, X-Project-Id,
+#   BMSNAP_STACK_KEYSTONE=0|1    1: a Keystone on 127.0.0.1:BMSNAP_KEYSTONE_PORT (default 15000),
+#                                 sqlite + fernet, prepared by test/lib/keystone-init.sh; service
+#                                 users glance + ironic (admin on project "service") and the image
+#                                 endpoint in its catalog (keystone-accounts.py); Glance validates
+#                                 tokens (keystonemiddleware), Ironic's [glance] logs in as "ironic"
+#                                 (password auth, endpoint from the catalog). The Ironic API stays
+#                                 noauth. Passwords: DIR/keystone/{admin,glance,ironic}-password (0600).
+#   BMSNAP_GLANCE_AUTH=noauth|headerauth|keystone   default keystone with BMSNAP_STACK_KEYSTONE=1,
+#                                 else noauth. headerauth: X-Identity-Status: Confirmed, X-Project-Id,
 #                                 X-Roles (member creates images owned by its project)
-#   BMSNAP_GLANCE_ENFORCE_NEW_DEFAULTS   default false for noauth (required), true for headerauth
+#   BMSNAP_GLANCE_ENFORCE_NEW_DEFAULTS   default false for noauth (required), true otherwise
 #   BMSNAP_STACK_TIMEOUT=120     seconds to wait for health
 # DIR/etc/ironic.conf.d/*.conf are read after ironic.conf as well (--config-dir).
 set -euo pipefail
 
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
 HERE=$(dirname "$SELF")
-SERVICES=(ironic glance)
+SERVICES=(ironic glance keystone)   # keystone only with BMSNAP_STACK_KEYSTONE=1
 
 log() { echo "openstack-stack: $*" >&2; }
 die() { log "$*"; exit 1; }
-usage() { sed -n '2,12p' "$SELF" >&2; exit 2; }
+usage() { sed -n '2,15p' "$SELF" >&2; exit 2; }
 
 # ---------------------------------------------------------------------------------------------
 # Internal: executed as `unshare --mount ... bash SELF __ns ROOT DIR PLUGIN CMD...`. Sets up the
@@ -89,6 +100,7 @@ load_env() {
     # shellcheck disable=SC1091
     . "$dir/stack.env"
     ROOT=$BMSNAP_TRIXIE_ROOT PLUGIN=${BMSNAP_IRONIC_PLUGIN:-}
+    KEYSTONE=${KEYSTONE:-0}
   fi
 }
 
@@ -105,7 +117,7 @@ pid_of() {  # prints the live PID of service $2 in stack $1, rc 1 if not running
   pid=$(cat "$dir/run/$name.pid")
   [ -n "$pid" ] && [ -r "/proc/$pid/environ" ] || return 1
   # the PID must still be our process (not a recycled one): it carries BMSNAP_STACK_DIR=DIR
-  tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qxF "BMSNAP_STACK_DIR=$dir" || return 1
+  tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ" | grep -qxF "BMSNAP_STACK_DIR=$dir" || return 1
   echo "$pid"
 }
 
@@ -114,6 +126,27 @@ port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 3 "$@" 2>/dev/null || true; }
 
 # ---------------------------------------------------------------------------------------------
+# Ironic's [glance]: the stack's Glance, without auth, or through Keystone as an operator would
+# configure it (service user, endpoint from the catalog; see docs/runbook.md).
+ironic_glance_section() {
+  local dir=$1
+  if [ "$KEYSTONE" = 1 ]; then
+    cat <<EOF
+[glance]
+auth_type = password
+auth_url = http://127.0.0.1:$KEYSTONE_PORT/v3
+username = ironic
+password = $(cat "$dir/keystone/ironic-password")
+project_name = service
+user_domain_name = Default
+project_domain_name = Default
+region_name = RegionOne
+EOF
+  else
+    printf '[glance]\nauth_type = none\nendpoint_override = http://127.0.0.1:%s\n' "$GLANCE_PORT"
+  fi
+}
+
 write_ironic_conf() {
   local dir=$1
   mkdir -p "$dir"/{etc/ironic.conf.d,ironic/certificates,ironic/httpboot,ironic/tftpboot,ironic/images,ironic/master_images,tmp,lock}
@@ -157,6 +190,10 @@ api_workers = 1
 restrict_lookup = $RESTRICT_LOOKUP
 # what lookup hands the agent as config.heartbeat_timeout (default 300)
 ramdisk_heartbeat_timeout = 30
+# The API is noauth (a project-less admin): with the default (True) Ironic takes that for a
+# project-scoped admin and refuses \`node create --owner P\` ("... with an owner other than your
+# own project"); off, node create --owner/--lessee work as for a system-scoped admin.
+project_admin_can_manage_own_nodes = false
 
 [conductor]
 # short intervals for tests
@@ -205,9 +242,7 @@ instance_master_path = /stack/ironic/master_images
 auth_type = none
 endpoint_override = http://127.0.0.1:$IRONIC_PORT
 
-[glance]
-auth_type = none
-endpoint_override = http://127.0.0.1:$GLANCE_PORT
+$(ironic_glance_section "$dir")
 
 [oslo_concurrency]
 lock_path = /stack/lock
@@ -228,6 +263,7 @@ write_glance_conf() {
   # Glance 30 enforces the new RBAC defaults: the noauth context (no roles, no project) gets 403
   # on add_image unless the legacy rules are used. headerauth works with the new defaults.
   [ "$GLANCE_AUTH" = headerauth ] && flavor=headerauth new_defaults=true
+  [ "$GLANCE_AUTH" = keystone ] && flavor=keystone new_defaults=true
   new_defaults=${BMSNAP_GLANCE_ENFORCE_NEW_DEFAULTS:-$new_defaults}
   mkdir -p "$dir"/glance/{images,staging,tasks,cache}
   cat >"$dir/etc/glance-api.conf" <<EOF
@@ -267,8 +303,23 @@ work_dir = /stack/glance/tasks
 enforce_new_defaults = $new_defaults
 enforce_scope = $new_defaults
 EOF
+  if [ "$GLANCE_AUTH" = keystone ]; then
+    cat >>"$dir/etc/glance-api.conf" <<EOF
+
+[keystone_authtoken]
+www_authenticate_uri = http://127.0.0.1:$KEYSTONE_PORT
+auth_url = http://127.0.0.1:$KEYSTONE_PORT
+auth_type = password
+username = glance
+password = $(cat "$dir/keystone/glance-password")
+project_name = service
+user_domain_name = Default
+project_domain_name = Default
+EOF
+  fi
   # flavor "" (noauth): every request is admin; "headerauth": identity from X-* headers
-  # (X-Identity-Status: Confirmed, X-Project-Id, X-Roles), i.e. keystone's pipeline minus authtoken.
+  # (X-Identity-Status: Confirmed, X-Project-Id, X-Roles), i.e. keystone's pipeline minus authtoken;
+  # "keystone": tokens validated by the stack's Keystone (keystonemiddleware authtoken).
   cat >"$dir/etc/glance-api-paste.ini" <<'EOF'
 [composite:glance-api]
 paste.composite_factory = glance.api:root_app_factory
@@ -280,10 +331,16 @@ paste.composite_factory = glance.api:root_app_factory
 /: api
 /healthcheck: healthcheck
 
+[composite:glance-api-keystone]
+paste.composite_factory = glance.api:root_app_factory
+/: api
+/healthcheck: healthcheck
+
 [composite:api]
 paste.composite_factory = glance.api:pipeline_factory
 default = versionnegotiation unauthenticated-context rootapp
 headerauth = versionnegotiation context rootapp
+keystone = versionnegotiation authtoken context rootapp
 
 [composite:rootapp]
 paste.composite_factory = glance.api:root_app_factory
@@ -309,7 +366,24 @@ paste.filter_factory = glance.api.middleware.context:ContextMiddleware.factory
 
 [filter:unauthenticated-context]
 paste.filter_factory = glance.api.middleware.context:UnauthenticatedContextMiddleware.factory
+
+[filter:authtoken]
+paste.filter_factory = keystonemiddleware.auth_token:filter_factory
 EOF
+}
+
+# Keystone (BMSNAP_STACK_KEYSTONE=1): passwords, made once per DIR and kept with the DB, and the
+# scripts the chroot runs in DIR/bin: test/lib/keystone-init.sh (shared with test/lib/keystone.ts)
+# and keystone-accounts.py.
+keystone_prepare() {
+  local dir=$1 n
+  mkdir -p "$dir/bin" "$dir/keystone"
+  chmod 700 "$dir/keystone"
+  for n in admin glance ironic; do
+    [ -s "$dir/keystone/$n-password" ] && continue
+    (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=\n' >"$dir/keystone/$n-password")
+  done
+  cp "$HERE/../lib/keystone-init.sh" "$HERE/keystone-accounts.py" "$dir/bin/"
 }
 
 # dist-info for the plugin so that importlib.metadata / stevedore see its entry points
@@ -340,6 +414,24 @@ launch() {
     unshare --mount --propagation private -- bash "$SELF" __ns "$ROOT" "$dir" "${PLUGIN:-}" "$@" \
     >>"$dir/log/$name.stdout.log" 2>&1 </dev/null &
   echo $! >"$dir/run/$name.pid"
+}
+
+launch_service() {
+  local dir=$1 name=$2
+  case $name in
+    ironic)   launch "$dir" ironic ironic --config-file /stack/etc/ironic.conf --config-dir /stack/etc/ironic.conf.d ;;
+    glance)   launch "$dir" glance glance-api --config-file /stack/etc/glance-api.conf ;;
+    keystone) launch "$dir" keystone env OS_KEYSTONE_CONFIG_FILES=/stack/keystone/keystone.conf \
+                keystone-wsgi-public --host 127.0.0.1 --port "$KEYSTONE_PORT" ;;
+  esac
+}
+
+health_url() {
+  case $1 in
+    ironic)   echo "http://127.0.0.1:$IRONIC_PORT/" ;;
+    glance)   echo "http://127.0.0.1:$GLANCE_PORT/healthcheck" ;;
+    keystone) echo "http://127.0.0.1:$KEYSTONE_PORT/v3" ;;
+  esac
 }
 
 wait_healthy() {
@@ -379,14 +471,17 @@ cmd_stop() {
   for s in "${SERVICES[@]}"; do stop_one "$dir" "$s"; done
 }
 
+stack_services() { if [ "${KEYSTONE:-0}" = 1 ]; then echo keystone ironic glance; else echo ironic glance; fi; }
+
 cmd_status() {
   local dir rc=0 pid s
   dir=$(abs_dir "$1")
   load_env "$dir"
   [ -f "$dir/stack.env" ] || { log "no stack in $dir"; return 1; }
-  for s in "${SERVICES[@]}"; do
+  for s in $(stack_services); do
     local url=$IRONIC_URL
     [ "$s" = glance ] && url=$GLANCE_URL
+    [ "$s" = keystone ] && url=$KEYSTONE_URL
     if pid=$(pid_of "$dir" "$s"); then echo "$s $pid $url"; else echo "$s - $url"; rc=1; fi
   done
   return $rc
@@ -418,9 +513,16 @@ cmd_start() {
   REQUIRE_TLS=${BMSNAP_IRONIC_REQUIRE_TLS:-true}
   FAST_TRACK=${BMSNAP_IRONIC_FAST_TRACK:-false}
   RESTRICT_LOOKUP=${BMSNAP_IRONIC_RESTRICT_LOOKUP:-true}
-  GLANCE_AUTH=${BMSNAP_GLANCE_AUTH:-noauth}
+  KEYSTONE=${BMSNAP_STACK_KEYSTONE:-0}
+  KEYSTONE_PORT=${BMSNAP_KEYSTONE_PORT:-15000}
+  KEYSTONE_URL=
+  [ "$KEYSTONE" = 1 ] && KEYSTONE_URL=http://127.0.0.1:$KEYSTONE_PORT
+  GLANCE_AUTH=${BMSNAP_GLANCE_AUTH:-$([ "$KEYSTONE" = 1 ] && echo keystone || echo noauth)}
+  [ "$GLANCE_AUTH" != keystone ] || [ "$KEYSTONE" = 1 ] || die "BMSNAP_GLANCE_AUTH=keystone needs BMSNAP_STACK_KEYSTONE=1"
   TIMEOUT=${BMSNAP_STACK_TIMEOUT:-120}
-  for p in "$IRONIC_PORT" "$GLANCE_PORT"; do port_busy "$p" && die "port 127.0.0.1:$p is already in use"; done
+  for p in "$IRONIC_PORT" "$GLANCE_PORT" ${KEYSTONE_URL:+"$KEYSTONE_PORT"}; do
+    port_busy "$p" && die "port 127.0.0.1:$p is already in use"
+  done
 
   cat >"$dir/stack.env" <<EOF
 BMSNAP_TRIXIE_ROOT=$ROOT
@@ -433,7 +535,18 @@ IRONIC_REQUIRE_TLS=$REQUIRE_TLS
 IRONIC_FAST_TRACK=$FAST_TRACK
 IRONIC_RESTRICT_LOOKUP=$RESTRICT_LOOKUP
 GLANCE_AUTH=$GLANCE_AUTH
+KEYSTONE=$KEYSTONE
+KEYSTONE_PORT=$KEYSTONE_PORT
+KEYSTONE_URL=$KEYSTONE_URL
 EOF
+  local kinit=
+  if [ "$KEYSTONE" = 1 ]; then
+    keystone_prepare "$dir"
+    # in the background, during the other dbsyncs (creates the DB once, then only bootstrap)
+    ns_run "$dir" sh /stack/bin/keystone-init.sh /stack/keystone "$KEYSTONE_URL" RegionOne /stack/log/keystone.log \
+      >"$dir/log/keystone-init.log" 2>&1 &
+    kinit=$!
+  fi
   write_ironic_conf "$dir"
   write_glance_conf "$dir"
   write_plugin_metadata "$dir"
@@ -451,12 +564,22 @@ EOF
       >"$dir/log/glance-db_sync.log" 2>&1 || { tail -n 20 "$dir/log/glance-db_sync.log" >&2; die "glance db_sync failed"; }
   fi
 
+  if [ -n "$kinit" ] && ! wait "$kinit"; then
+    tail -n 30 "$dir/log/keystone-init.log" >&2
+    die "keystone-init.sh failed (see $dir/log/keystone-init.log)"
+  fi
+
   # whatever goes wrong from here on (even an unexpected error or a signal), stop what we started
   trap "cmd_stop '$dir'" EXIT
   trap 'exit 1' INT TERM HUP
-  launch "$dir" ironic ironic --config-file /stack/etc/ironic.conf --config-dir /stack/etc/ironic.conf.d
-  launch "$dir" glance glance-api --config-file /stack/etc/glance-api.conf
+  for s in $(stack_services); do launch_service "$dir" "$s"; done
   local ok=1
+  if [ "$KEYSTONE" = 1 ]; then
+    # Glance and Ironic only talk to Keystone on requests, so they start meanwhile
+    wait_healthy "$dir" keystone "$(health_url keystone)" || { log "keystone failed to start (see $dir/log)"; exit 1; }
+    ns_run "$dir" python3 /stack/bin/keystone-accounts.py "$KEYSTONE_URL" "http://127.0.0.1:$GLANCE_PORT" RegionOne /stack/keystone \
+      >>"$dir/log/keystone-init.log" 2>&1 || { tail -n 30 "$dir/log/keystone-init.log" >&2; log "keystone-accounts.py failed"; exit 1; }
+  fi
   wait_healthy "$dir" ironic "http://127.0.0.1:$IRONIC_PORT/" || { log "ironic failed to start (see $dir/log)"; ok=0; }
   wait_healthy "$dir" glance "http://127.0.0.1:$GLANCE_PORT/healthcheck" || { log "glance failed to start (see $dir/log)"; ok=0; }
   if [ $ok = 1 ]; then
@@ -467,8 +590,26 @@ EOF
   fi
   [ $ok = 1 ] || exit 1
   trap - EXIT INT TERM HUP
-  log "healthy after $(( ($(date +%s%N) - t0) / 1000000 )) ms: ironic pid $(cat "$dir/run/ironic.pid") http://127.0.0.1:$IRONIC_PORT, glance pid $(cat "$dir/run/glance.pid") http://127.0.0.1:$GLANCE_PORT"
+  log "healthy after $(( ($(date +%s%N) - t0) / 1000000 )) ms: ironic pid $(cat "$dir/run/ironic.pid") http://127.0.0.1:$IRONIC_PORT, glance pid $(cat "$dir/run/glance.pid") http://127.0.0.1:$GLANCE_PORT${KEYSTONE_URL:+, keystone pid $(cat "$dir/run/keystone.pid") $KEYSTONE_URL}"
   cat "$dir/stack.env"
+}
+
+cmd_restart() {
+  local dir name=$2 pid
+  dir=$(abs_dir "$1")
+  [ -f "$dir/stack.env" ] || die "no stack in $dir (start it first)"
+  load_env "$dir"
+  [[ " $(stack_services) " == *" $name "* ]] || die "restart: no service '$name' in this stack ($(stack_services))"
+  TIMEOUT=${BMSNAP_STACK_TIMEOUT:-120}
+  stop_one "$dir" "$name"
+  local port=${IRONIC_PORT}
+  [ "$name" = glance ] && port=$GLANCE_PORT
+  [ "$name" = keystone ] && port=$KEYSTONE_PORT
+  port_busy "$port" && die "port 127.0.0.1:$port is already in use"
+  launch_service "$dir" "$name"
+  wait_healthy "$dir" "$name" "$(health_url "$name")" || { stop_one "$dir" "$name"; die "$name failed to restart (see $dir/log)"; }
+  pid=$(cat "$dir/run/$name.pid")
+  log "restarted $name (pid $pid)"
 }
 
 cmd_run() {
@@ -484,6 +625,7 @@ case "${1:-}" in
   start)  [ $# -eq 2 ] || usage; cmd_start "$2" ;;
   stop)   [ $# -eq 2 ] || usage; cmd_stop "$2" ;;
   status) [ $# -eq 2 ] || usage; cmd_status "$2" ;;
+  restart) [ $# -eq 3 ] || usage; cmd_restart "$2" "$3" ;;
   run)    [ $# -ge 3 ] || usage; d=$2; shift 2; cmd_run "$d" "$@" ;;
   *) usage ;;
 esac

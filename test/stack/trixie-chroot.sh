@@ -24,7 +24,9 @@ PACKAGES=(
   ironic-api ironic-conductor   # Ironic 29 (2025.1); pulls ironic-common, python3-ironic
   python3-ironicclient          # `openstack baremetal ...` (>= 5.6 has `node service`)
   python3-openstackclient       # the `openstack` command
-  glance-api                    # Glance 30 (2025.1)
+  glance-api                    # Glance 30 (2025.1); pulls python3-keystonemiddleware
+  python3-keystone              # Keystone 27 (2025.1) for BMSNAP_STACK_KEYSTONE=1: keystone-manage +
+                                # the WSGI app only (the `keystone` package would add uwsgi + debconf)
   sqlite3                       # poking at the DBs while debugging
   ca-certificates
 )
