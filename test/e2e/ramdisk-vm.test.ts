@@ -3,21 +3,23 @@
 // test/stack/ on the host's 127.0.0.1 through user networking (restrict=on; guestfwd to exactly
 // the two ports; hostfwd for Ironic's calls back to the agent), and Ironic runs the `snapshot`
 // service step (bmsnap plugin). Then the image is downloaded and booted in a fresh VM, which must
-// print the disk's marker: the snapshot boots. Times and sizes are printed as `# metric` lines.
+// print the disk's marker: the snapshot boots. A second run with `scrub` (issue 7) must leave the
+// disk byte-identical while the image loses its per-machine state and, booted, makes a new
+// identity. Times and sizes are printed as `# metric` lines.
 //
 // Wiring, as an operator would set it for a ramdisk behind NAT: Ironic's [service_catalog]
 // endpoint_override is the address the ramdisk reaches Ironic at (10.0.2.100:PORT) and
 // [bmsnap]agent_glance_url the one it reaches Glance at; the boot interface (bmsnap-fake) hands
 // the ramdisk parameters to this harness, which boots qemu with them plus console=ttyS0 and
 // ipa-advertise-host/-port (the hostfwd Ironic calls back through).
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { execa } from 'execa';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { randomUUID } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { REPO_ROOT } from '../lib/disks.js';
+import { REPO_ROOT, attachLoop, loopPartition, readOnlyMountOptions, withMount } from '../lib/disks.js';
 import { comparePartitionTables, convertToRaw, hashFile, qemuImgCheck, sha256File } from '../lib/verify.js';
 import { pickPortIn } from '../lib/ports.js';
 import { FakeBootWatcher, IronicStack, secs, snapshotSteps, tokenOf, waitFor, type Boot } from '../lib/ironic-stack.js';
@@ -70,12 +72,14 @@ await t.test('ramdisk-build: kernel + initramfs', async (t) => {
 const marker = randomUUID();
 const disk = join(work, 'bootable.raw');
 let payloadSha = '';
+let machineId = '';
 let diskSha = '';
 await t.test('a bootable GPT test disk (BIOS boot + ESP + ext4 root, GRUB)', async (t) => {
   const r = await execa('bash', [BOOTABLE_DISK, disk, marker], { reject: false, stdin: 'ignore' });
   t.equal(r.exitCode, 0, 'bootable-disk.sh exits 0', { stderr: String(r.stderr) });
-  payloadSha = String(r.stdout).trim().split('\n').pop() ?? '';
+  [payloadSha = '', machineId = ''] = String(r.stdout).trim().split('\n').slice(-2);
   t.match(payloadSha, /^[0-9a-f]{64}$/, 'payload hash printed');
+  t.match(machineId, /^[0-9a-f]{32}$/, 'machine id printed');
   diskSha = await sha256File(disk);
 });
 
@@ -175,29 +179,83 @@ if (stackUp) await t.test('snapshot service step: ramdisk VM -> Glance', async (
 // ------------------------------------------------------------------------------------------------
 // 4. The snapshot boots.
 
-if (imageId) await t.test('the snapshot boots in a fresh VM', async (t) => {
-  const img: any = await (await fetch(`${stack.glance}/v2/images/${imageId}`)).json();
-  t.equal(img.status, 'active', 'Glance image active');
-  const qcow = join(work, 'snapshot.qcow2');
-  const dl = await fetch(`${stack.glance}/v2/images/${imageId}/file`);
-  t.equal(dl.status, 200, 'download');
-  await writeFile(qcow, Buffer.from(await dl.arrayBuffer()));
-  t.equal(await hashFile(qcow, 'sha512'), img.os_hash_value, 'downloaded sha512 = Glance os_hash_value');
-  const check = await qemuImgCheck(qcow);
-  t.ok(check.clean, 'qemu-img check clean', { report: check.report });
-  const back = join(work, 'snapshot.raw');
-  await convertToRaw(qcow, back);
-  t.same(await comparePartitionTables(disk, back), [], 'partition table identical to the source');
-  await rm(back, { force: true });
+const MARKER_LINE = /BMSNAP-MARKER (\S+) ([0-9a-f]{64}) machine-id=(\S*) regenerated=\[([^\]]*)\]/;
 
-  const vm = new Vm({ name: 'snapshot-boot', serialLog: join(work, 'snapshot-boot.serial.log'), memoryMiB: 512,
+/** Downloads image ID, checks it, boots it in a fresh VM; the marker line's fields and the raw copy. */
+async function downloadAndBoot(t: Test, id: string, label: string): Promise<{ marker: string; payload: string; machineId: string; regenerated: string; raw: string }> {
+  const img: any = await (await fetch(`${stack.glance}/v2/images/${id}`)).json();
+  t.equal(img.status, 'active', `${label}: Glance image active`);
+  const qcow = join(work, `${label}.qcow2`);
+  const dl = await fetch(`${stack.glance}/v2/images/${id}/file`);
+  t.equal(dl.status, 200, `${label}: download`);
+  await writeFile(qcow, Buffer.from(await dl.arrayBuffer()));
+  t.equal(await hashFile(qcow, 'sha512'), img.os_hash_value, `${label}: downloaded sha512 = Glance os_hash_value`);
+  const check = await qemuImgCheck(qcow);
+  t.ok(check.clean, `${label}: qemu-img check clean`, { report: check.report });
+  const raw = join(work, `${label}.raw`);
+  await convertToRaw(qcow, raw);
+  t.same(await comparePartitionTables(disk, raw), [], `${label}: partition table identical to the source`);
+
+  const vm = new Vm({ name: `${label}-boot`, serialLog: join(work, `${label}-boot.serial.log`), memoryMiB: 512,
     disks: [{ file: qcow, format: 'qcow2', snapshot: true }], noNetwork: true });
   vms.push(vm);
-  const seen = await vm.waitLine(/BMSNAP-MARKER (\S+) ([0-9a-f]{64})/, 240);
-  metric('snapshot_boot_to_marker_s', Math.round(seen.seconds * 10) / 10, 's (firmware -> GRUB -> kernel -> marker)');
-  t.equal(seen.match[1], marker, 'the booted snapshot prints the source disk\'s marker');
-  t.equal(seen.match[2], payloadSha, 'and the payload file on its root has the source\'s hash');
+  const seen = await vm.waitLine(MARKER_LINE, 240);
+  metric(`${label}_boot_to_marker_s`, Math.round(seen.seconds * 10) / 10, 's (firmware -> GRUB -> kernel -> marker)');
   await vm.stop();
+  return { marker: seen.match[1]!, payload: seen.match[2]!, machineId: seen.match[3]!, regenerated: seen.match[4]!, raw };
+}
+
+if (imageId) await t.test('the snapshot boots in a fresh VM', async (t) => {
+  const b = await downloadAndBoot(t, imageId, 'snapshot');
+  t.equal(b.marker, marker, 'the booted snapshot prints the source disk\'s marker');
+  t.equal(b.payload, payloadSha, 'and the payload file on its root has the source\'s hash');
+  t.equal(b.machineId, machineId, 'a plain snapshot keeps the machine id (an exact copy)');
+  t.equal(b.regenerated, '', 'nothing had to be regenerated');
+  await rm(b.raw, { force: true });
+});
+
+// ------------------------------------------------------------------------------------------------
+// 5. Scrub: per-machine state removed from the IMAGE through a copy-on-write overlay in the
+//    ramdisk; the disk stays byte-identical; the scrubbed image boots and regenerates its identity.
+
+if (imageId) await t.test('snapshot with scrub: a shareable image, the disk untouched', async (t) => {
+  const uuid = (await stack.getNode('vm-node')).uuid as string;
+  const svc = Date.now();
+  await stack.baremetal(['node', 'service', uuid, '--service-steps',
+    snapshotSteps('vm-snap-scrubbed', '/dev/vda', { scrub: true, scrub_paths: ['/opt/app/secrets.env'] })]);
+  const n = await stack.waitState(uuid, ['active', 'service failed'], 900);
+  metric('scrubbed_snapshot_step_s', secs(svc), 's (node service -> node active)');
+  t.equal(n.provision_state, 'active', 'node back to active', { last_error: n.last_error });
+  if (n.provision_state !== 'active') return;
+  const id = n.driver_internal_info.bmsnap_snapshot?.image_id as string;
+  t.ok(id && id !== imageId, 'a new image');
+  t.equal(await sha256File(disk), diskSha, 'source disk byte-identical after the scrub');
+  const img: any = await (await fetch(`${stack.glance}/v2/images/${id}`)).json();
+  t.match(img.bmsnap_scrubbed, /ssh-hostkeys/, 'image property bmsnap_scrubbed lists the operations');
+
+  const b = await downloadAndBoot(t, id, 'scrubbed');
+  // What the image holds, read on the host from its root filesystem (ext4, partition 3).
+  const loop = await attachLoop(b.raw, { readOnly: true, partscan: true });
+  try {
+    await withMount(await loopPartition(loop, 3), readOnlyMountOptions('ext4'), async (root) => {
+      const gone = (p: string) => t.notOk(existsSync(join(root, p)), `image: ${p} removed`);
+      gone('etc/ssh/ssh_host_ed25519_key'); gone('etc/ssh/ssh_host_ed25519_key.pub'); gone('root/.bash_history');
+      gone('var/log/syslog.1'); gone('var/lib/cloud/instance'); gone('var/lib/cloud/instances/i-0001');
+      gone('var/lib/dhcp/dhclient.eth0.leases'); gone('tmp/build.log'); gone('opt/app/secrets.env');
+      t.equal((await stat(join(root, 'etc/machine-id'))).size, 0, 'image: /etc/machine-id emptied');
+      t.equal((await stat(join(root, 'var/log/syslog'))).size, 0, 'image: /var/log/syslog emptied');
+      t.equal(await readFile(join(root, 'opt/app/config'), 'utf8'), 'keep me\n', 'image: other files kept');
+      t.equal(await readFile(join(root, 'etc/ssh/sshd_config'), 'utf8'), 'Port 22\n', 'image: sshd_config kept');
+    });
+  } finally {
+    await loop.detach();
+  }
+  t.equal(b.marker, marker, 'the scrubbed image boots (marker printed)');
+  t.equal(b.payload, payloadSha, 'with the payload intact');
+  t.match(b.machineId, /^[0-9a-f]{32}$/, 'it made itself a machine id');
+  t.not(b.machineId, machineId, 'a NEW machine id');
+  t.equal(b.regenerated, 'machine-id hostkey', 'machine id and host key regenerated at first boot');
+  await rm(b.raw, { force: true });
 });
 
 metric('total_s', secs(started), 's (this test, stack start included)');

@@ -32,6 +32,8 @@ export interface StackOptions {
   glancePort: number;
   /** Extra ironic.conf text (appended). */
   ironicConf?: string;
+  /** Extra lines for ironic.conf's [bmsnap] section. */
+  bmsnapConf?: string;
   /**
    * With a Keystone on this port (BMSNAP_STACK_KEYSTONE=1): Glance validates tokens, Ironic's
    * [glance] logs in as the service user "ironic" and finds Glance in the catalog.
@@ -61,7 +63,7 @@ export class IronicStack {
   /** Starts Ironic and Glance; resolves to undefined or the failure's output. */
   async start(): Promise<string | undefined> {
     const extra = join(this.dir, '..', `${this.dir.split('/').pop()}-ironic-extra.conf`);
-    await writeFile(extra, `[bmsnap]\nfake_boot_dir = /stack/fakeboot\n\n${this.opts.ironicConf ?? ''}\n`);
+    await writeFile(extra, `[bmsnap]\nfake_boot_dir = /stack/fakeboot\n${this.opts.bmsnapConf ?? ''}\n\n${this.opts.ironicConf ?? ''}\n`);
     await mkdir(this.bootDir, { recursive: true });
     await mkdir(join(this.dir, 'log'), { recursive: true });
     const r = await this.script(['start', this.dir], {

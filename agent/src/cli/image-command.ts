@@ -11,6 +11,7 @@ import { FileSink } from '../sink/file-sink.js';
 import { StdoutSink } from '../sink/stdout-sink.js';
 import type { Sink } from '../sink/sink.js';
 import { logProgress, terminalProgress } from './progress-display.js';
+import { checkedRelative, parseOperations } from '../scrub/operations.js';
 
 export const IMAGE_USAGE = `usage: bmsnap image SOURCE -o OUT [options]
        bmsnap image SOURCE --glance NAME [glance options] [options]
@@ -43,7 +44,15 @@ glance options (the image streams into Glance: no local copy; verified; deleted 
       --visibility V      private (default), shared, community or public
       --property K=V      extra image property (repeatable)
       --retries N         fresh-image retries on Glance/network failures (default 2)
-      --keep-failed       keep a failed image for debugging instead of deleting it`;
+      --keep-failed       keep a failed image for debugging instead of deleting it
+
+scrub (a shareable image: per-machine state removed from the IMAGE; SOURCE is never written):
+      --scrub             on a copy-on-write overlay of SOURCE (device-mapper snapshot, COW in
+                          RAM), remove SSH host keys, machine-id, cloud-init state, logs, shell
+                          histories, DHCP leases and temp files from each Linux root filesystem
+      --scrub-ops LIST    operations instead of the defaults (default, ssh-hostkeys, machine-id,
+                          cloud-init, logs, shell-history, dhcp-leases, tmp, ssh-userdir)
+      --scrub-path PATH   also remove PATH (absolute, in each Linux root; repeatable)`;
 
 export async function imageCommand(argv: string[], signal: AbortSignal): Promise<void> {
   const { values, positionals } = parse(argv);
@@ -63,12 +72,17 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
   const visibility = choice(values.visibility ?? 'private', ['private', 'shared', 'community', 'public'], '--visibility') as 'private';
   const retries = values.retries === undefined ? 2 : integer(values.retries, '--retries', [0, 10]);
   if (values.json && out === '-') throw new UsageError('--json prints on stdout, which carries the image with -o -; use --manifest PATH');
+  if (!values.scrub && (values['scrub-ops'] || values['scrub-path'])) throw new UsageError('--scrub-ops and --scrub-path need --scrub');
+  const scrubOps = values.scrub ? parseOperations(values['scrub-ops']) : undefined;
+  const scrubPaths = (values['scrub-path'] ?? []).map((p) => { checkedRelative(p); return p; });
 
   const human = process.stderr.isTTY === true;
   const logLevel = values['log-level'] ?? (values.quiet ? 'warn' : 'info');
   const log = createLogger({ human, level: logLevel });
   const progress = values.quiet ? undefined : human ? terminalProgress() : logProgress(log);
 
+  // The path actually read: SOURCE, or the scrubbed overlay over it.
+  const imageFrom = async (path: string): Promise<void> => {
   if (values.glance) {
     const [{ resolveGlance }, { GlanceClient }, { publishToGlance }] = await Promise.all([
       import('../glance/auth.js'), import('../glance/client.js'), import('../glance/publish.js'),
@@ -82,10 +96,11 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
       insecure: values.insecure === true,
     });
     const client = new GlanceClient(conn);
-    const source = await openSource(sourcePath);
+    const source = await openSource(path);
     try {
       const { image, manifest, attempts } = await publishToGlance(source, client, {
-        name: values.glance, visibility, properties, format, codec, retries, keepFailed: values['keep-failed'] === true,
+        name: values.glance, visibility, format, codec, retries, keepFailed: values['keep-failed'] === true,
+        properties: { ...(scrubOps ? { bmsnap_scrubbed: scrubOps.map((o) => o.name).join(',') } : {}), ...properties },
         captureMethod: 'offline-cli', signal, log,
         ...(level !== undefined ? { level } : {}),
         ...(workers !== undefined ? { workers } : {}),
@@ -105,7 +120,7 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
     return;
   }
 
-  const source = await openSource(sourcePath);
+  const source = await openSource(path);
   let sink: Sink | undefined;
   try {
     if (out === '-') {
@@ -135,6 +150,13 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
   } finally {
     await source.close();
   }
+  };
+
+  if (!scrubOps) return imageFrom(sourcePath);
+  const [{ withScrubbedOverlay }, { buildDiskMap }] = await Promise.all([import('../scrub/overlay.js'), import('../map/build-map.js')]);
+  const disk = await openSource(sourcePath);
+  const map = await buildDiskMap(disk, disk.sectorSize).finally(() => disk.close());
+  await withScrubbedOverlay(sourcePath, map, { operations: scrubOps, paths: scrubPaths, log }, (overlay) => imageFrom(overlay));
 }
 
 function parse(argv: string[]) {
@@ -163,6 +185,9 @@ function parse(argv: string[]) {
       property: { type: 'string', multiple: true },
       retries: { type: 'string' },
       'keep-failed': { type: 'boolean' },
+      scrub: { type: 'boolean' },
+      'scrub-ops': { type: 'string' },
+      'scrub-path': { type: 'string', multiple: true },
     },
   }));
 }

@@ -5,7 +5,7 @@
 // the disk stays byte-identical (the VM test proves it by hash). Needs root, dm-snapshot and loop
 // (the ramdisk has both); the disk must not be mounted (offline capture).
 import { execa } from 'execa';
-import { mkdir, rm, rmdir, truncate } from 'node:fs/promises';
+import { mkdir, open, readFile, rm, rmdir, stat } from 'node:fs/promises';
 import { freemem } from 'node:os';
 import type { Logger } from 'pino';
 import { BmsnapError } from '../errors.js';
@@ -53,16 +53,25 @@ export async function withScrubbedOverlay<T>(device: string, map: DiskMap, opts:
   const cowFile = `${work}/${name}.cow`;
   const undo: (() => Promise<unknown>)[] = [];
   try {
+    await requireSnapshotTarget();
+    // The snapshot target's origin must be a block device: a raw image file gets a read-only loop.
+    let origin = device;
+    if (!(await stat(device)).isBlockDevice()) {
+      origin = await run('losetup', ['-r', '-f', '--show', device]);
+      undo.push(() => run('losetup', ['-d', origin]));
+    }
     await mkdir(work, { recursive: true });
     // Sparse: RAM is used only for what the scrub writes. Its cap is the tmpfs's.
-    await truncate(cowFile, Math.min(map.size, Math.max(256 * 2 ** 20, Math.floor(freemem() / 2))));
+    const fh = await open(cowFile, 'wx', 0o600);
     undo.push(() => rm(cowFile, { force: true }));
+    await fh.truncate(Math.min(map.size, Math.max(256 * 2 ** 20, Math.floor(freemem() / 2)))).finally(() => fh.close());
     const cow = await run('losetup', ['-f', '--show', cowFile]);
     undo.push(() => run('losetup', ['-d', cow]));
     // non-persistent (N) snapshot, 4 KiB chunks
-    await run('dmsetup', ['create', name, '--table', `0 ${map.size / SECTOR} snapshot ${device} ${cow} N 8`]);
+    await run('dmsetup', ['create', name, '--table', `0 ${map.size / SECTOR} snapshot ${origin} ${cow} N 8`]);
     undo.push(() => run('dmsetup', ['remove', '--retry', name]));
     const overlay = `/dev/mapper/${name}`;
+    const base = undo.length;
 
     const result: ScrubResult = { partitions: {}, skipped: [] };
     for (const p of map.partitions) {
@@ -88,12 +97,22 @@ export async function withScrubbedOverlay<T>(device: string, map: DiskMap, opts:
     if (!Object.keys(result.partitions).length) {
       throw new ScrubError(`scrub: no Linux root filesystem found on ${device} (looked at ${map.partitions.filter((p) => p.fs).map((p) => `${p.index}:${p.fs}`).join(', ') || 'no filesystems'})`);
     }
-    // Drop the per-partition mappings (pushed after the first three undo steps) before imaging:
+    // Drop the per-partition mappings (the undo steps pushed since the overlay) before imaging:
     // the overlay alone is the source.
-    while (undo.length > 3) await undo.pop()!();
+    while (undo.length > base) await undo.pop()!();
     return await fn(overlay, result);
   } finally {
     for (const u of undo.reverse()) await u().catch((err: unknown) => opts.log?.warn({ error: (err as Error).message }, 'scrub overlay teardown'));
+  }
+}
+
+/** dm-snapshot present (loaded on demand), or a clear error instead of dmsetup's. */
+async function requireSnapshotTarget(): Promise<void> {
+  await execa('modprobe', ['-q', 'dm_snapshot'], { reject: false, stdin: 'ignore' }).catch(() => undefined);
+  const targets = await execa('dmsetup', ['targets'], { reject: false, env, stdin: 'ignore' }).catch(() => undefined);
+  const misc = await readFile('/proc/misc', 'utf8').catch(() => '');
+  if (!targets || targets.exitCode !== 0 || !/^snapshot\s/m.test(String(targets.stdout)) || !/device-mapper/.test(misc)) {
+    throw new ScrubError('scrub needs device-mapper with the snapshot target (dm_snapshot), which this system lacks: run it in the bmsnap ramdisk or on a kernel with dm');
   }
 }
 
