@@ -53,6 +53,13 @@ export class OutputError extends BmsnapError {
   }
 }
 
+/** This node cannot do what was asked (in-band modes: not root, no kexec, locked down, ...). */
+export class RefusedError extends BmsnapError {
+  constructor(message: string) {
+    super(message, 'BMSNAP_REFUSED');
+  }
+}
+
 /** The run was interrupted (SIGINT/SIGTERM). */
 export class AbortedError extends BmsnapError {
   constructor(message = 'interrupted') {

@@ -1,5 +1,5 @@
 // `bmsnap image SOURCE -o OUT`: image a disk or raw image file locally.
-import { readFile, stat, writeFile } from 'node:fs/promises';
+import { stat, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { UsageError, OutputError } from '../errors.js';
 import { choice, integer, keyValues, oneLine } from '../options.js';
@@ -12,6 +12,7 @@ import { StdoutSink } from '../sink/stdout-sink.js';
 import type { Sink } from '../sink/sink.js';
 import { logProgress, terminalProgress } from './progress-display.js';
 import { checkedRelative, parseOperations } from '../scrub/operations.js';
+import { GLANCE_OPTIONS, GLANCE_USAGE, glanceConnection } from './glance-options.js';
 
 export const IMAGE_USAGE = `usage: bmsnap image SOURCE -o OUT [options]
        bmsnap image SOURCE --glance NAME [glance options] [options]
@@ -36,13 +37,7 @@ options:
   -h, --help              this help
 
 glance options (the image streams into Glance: no local copy; verified; deleted on failure):
-      --glance NAME       create image NAME and upload into it
-      --glance-url URL    Glance endpoint (or OS_IMAGE_URL); token from OS_TOKEN or --token-file
-      --token-file PATH   read the token from PATH (tokens never go on the command line)
-      --os-cloud CLOUD    use CLOUD from clouds.yaml (or OS_CLOUD); else OS_AUTH_URL + OS_*
-      --cacert PATH       trust this CA bundle; --insecure skips TLS verification
-      --visibility V      private (default), shared, community or public
-      --property K=V      extra image property (repeatable)
+${GLANCE_USAGE}
       --retries N         fresh-image retries on Glance/network failures (default 2)
       --keep-failed       keep a failed image for debugging instead of deleting it
 
@@ -84,17 +79,8 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
   // The path actually read: SOURCE, or the scrubbed overlay over it.
   const imageFrom = async (path: string): Promise<void> => {
   if (values.glance) {
-    const [{ resolveGlance }, { GlanceClient }, { publishToGlance }] = await Promise.all([
-      import('../glance/auth.js'), import('../glance/client.js'), import('../glance/publish.js'),
-    ]);
-    const token = values['token-file'] ? (await readFile(values['token-file'], 'utf8').catch(() => { throw new UsageError(`cannot read --token-file ${values['token-file']}`); })).trim() : undefined;
-    const conn = await resolveGlance({
-      ...(values['glance-url'] ? { endpoint: values['glance-url'] } : {}),
-      ...(token ? { token } : {}),
-      ...(values['os-cloud'] ? { cloud: values['os-cloud'] } : {}),
-      ...(values.cacert ? { cacert: values.cacert } : {}),
-      insecure: values.insecure === true,
-    });
+    const [{ GlanceClient }, { publishToGlance }] = await Promise.all([import('../glance/client.js'), import('../glance/publish.js')]);
+    const conn = await glanceConnection(values);
     const client = new GlanceClient(conn);
     const source = await openSource(path);
     try {
@@ -175,14 +161,7 @@ function parse(argv: string[]) {
       quiet: { type: 'boolean', short: 'q' },
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
-      glance: { type: 'string' },
-      'glance-url': { type: 'string' },
-      'token-file': { type: 'string' },
-      'os-cloud': { type: 'string' },
-      cacert: { type: 'string' },
-      insecure: { type: 'boolean' },
-      visibility: { type: 'string' },
-      property: { type: 'string', multiple: true },
+      ...GLANCE_OPTIONS,
       retries: { type: 'string' },
       'keep-failed': { type: 'boolean' },
       scrub: { type: 'boolean' },

@@ -9,6 +9,9 @@ commands:
   image SOURCE -o OUT    image a disk or raw image file into a compressed qcow2 (or raw)
   image SOURCE --glance NAME   ... straight into a new Glance image
   agent                  run the ironic-python-agent compatible agent (ramdisk)
+  now --mode kexec --glance NAME
+                         snapshot this running node into Glance: kexec into the bmsnap
+                         ramdisk, image the idle disk, kexec back (as root)
   server-image-create SERVER NAME [--wait]
                          snapshot a bare-metal server (Nova server or Ironic node) into a new
                          Glance image through Ironic, like \`openstack server image create\`
@@ -39,6 +42,12 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     case 'agent':
       await (await import('./agent-command.js')).agentCommand(rest, controller.signal);
+      return 0;
+    case 'now':
+      await (await import('./now-command.js')).nowCommand(rest, controller.signal);
+      return 0;
+    case 'oneshot':
+      await (await import('./oneshot-command.js')).oneshotCommand(rest, controller.signal);
       return 0;
     case 'server-image-create':
       await (await import('./server-image-create-command.js')).serverImageCreateCommand(rest, controller.signal);
