@@ -118,6 +118,9 @@ if (stackUp) await t.test('snapshot of the GPT disk into Glance', async (t) => {
   t.equal(img.name, 'e2e-snap', 'image name as asked');
   t.equal(img.disk_format, 'qcow2', 'disk_format qcow2 (default)');
   t.equal(img.bmsnap_node_uuid, uuid, 'image tagged with the node');
+  t.equal(img.bmsnap_capture_method, 'ironic-service-step', 'provenance recorded on the image the conductor created (capture method)');
+  t.equal(img.bmsnap_partition_table, 'gpt', 'provenance: partition table');
+  t.match(img.bmsnap_filesystems, /ext4/, 'provenance: filesystems');
   t.equal(img.size, info.size, 'Glance size = what the agent reported');
   t.equal(img.os_hash_value, info.os_hash_value, 'Glance sha512 = what the agent reported');
 

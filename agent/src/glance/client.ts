@@ -70,6 +70,18 @@ export class GlanceClient {
     return (await res.body.json()) as GlanceImage;
   }
 
+  /** Sets string properties (JSON patch: replace what exists, add the rest). */
+  async setProperties(image: GlanceImage, props: Record<string, string>, signal?: AbortSignal): Promise<GlanceImage> {
+    const ops = Object.entries(props).map(([k, v]) => ({ op: k in image ? 'replace' : 'add', path: `/${k.replace(/~/g, '~0').replace(/\//g, '~1')}`, value: v }));
+    const res = await this.call('PATCH', `/v2/images/${encodeURIComponent(image.id)}`, {
+      body: JSON.stringify(ops),
+      headers: { 'content-type': 'application/openstack-images-v2.1-json-patch' },
+      what: `setting the properties of image ${image.id}`,
+      ...(signal ? { signal } : {}),
+    });
+    return (await res.body.json()) as GlanceImage;
+  }
+
   /** Streams the image data; `body` is consumed as it is produced (chunked transfer encoding). */
   async upload(id: string, body: AsyncIterable<Uint8Array>, signal?: AbortSignal): Promise<void> {
     const res = await this.call('PUT', `/v2/images/${encodeURIComponent(id)}/file`, {

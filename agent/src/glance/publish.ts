@@ -98,6 +98,9 @@ async function attemptOnce(source: Source, client: GlanceClient, map: DiskMap, o
   }, opts.signal);
   if (owned) opts.log?.info({ image: image.id, name: opts.name }, 'glance image created');
   else if (image.status !== 'queued') throw new GlanceError(`image ${image.id} is ${image.status}, not queued: it cannot take the upload`);
+  // An image created for us (the conductor plugin, in-band hand-over) gets the same provenance
+  // and extra properties as one we create.
+  if (!owned) await client.setProperties(image, { ...provenance(source, map, opts), ...opts.properties }, opts.signal);
   try {
     const sink = new GlanceSink(client, image.id);
     const manifest = await imageDisk(source, sink, {
