@@ -47,37 +47,29 @@ t.teardown(async () => {
   console.error(`# total ${secs(started)} s`);
 });
 
-await t.test('refused for a non-root user, before anything is created', async (t) => {
-  const r = await execa('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, CLI,
-    'now', '--mode', 'kexec', '--glance', 'x', '--glance-url', 'http://127.0.0.1:1'], { reject: false, stdin: 'ignore', env: { NODE_OPTIONS: '' } });
-  t.equal(r.exitCode, 1, 'exit status 1');
-  t.match(String(r.stderr), /^bmsnap: kexec mode must run as root \(uid 65534\)[^\n]*\n$/, 'one line: must run as root');
-  const u = await execa(process.execPath, [CLI, 'now', '--glance', 'x'], { reject: false, stdin: 'ignore' });
-  t.equal(u.exitCode, 2, 'no --mode: usage error, exit 2');
-  t.match(String(u.stderr), /^bmsnap: missing --mode kexec[^\n]*\n$/, 'one line');
-});
-
-const bundle = await buildBundle(['--with-ramdisk']);
-t.equal(bundle.exitCode, 0, 'bundle/build.sh --with-ramdisk exits 0', { stderr: bundle.stderr });
-
-const disk = join(work, 'node.raw');
+// (everything awaited runs inside a subtest: tap ends a root test that sits idle after an assertion)
+let disk = '';
+let jobDisk = '';
 const marker = randomUUID();
-const made = await execa('bash', [join(REPO_ROOT, 'test/lib/bootable-disk.sh'), disk, marker], { reject: false, stdin: 'ignore' });
-t.equal(made.exitCode, 0, 'bootable-disk.sh exits 0', { stderr: String(made.stderr) });
-
-glance = await startGlance({ port: await pickPortIn(18800 + Math.floor(Math.random() * 50), 18899) });
 const imageName = `kexec-${marker.slice(0, 8)}`;
 const token = `tok-${randomBytes(16).toString('hex')}`;
 const fileData = `written-before-snapshot-${randomBytes(8).toString('hex')}`;
-
-const jobDir = join(work, 'job');
-await mkdir(jobDir);
-await copyFile(bundle.path, join(jobDir, 'bmsnap'));
-await copyFile(join(REPO_ROOT, 'test/lib/inband-kexec-job.sh'), join(jobDir, 'job.sh'));
-await writeFile(join(jobDir, 'job.env'),
-  `GLANCE_URL=http://${GUEST_HOST_IP}:${glance.port}\nIMAGE_NAME=${imageName}\nOS_TOKEN=${token}\nFILE_DATA=${fileData}\n`);
-const jobDisk = join(work, 'job.img');
-await execa('mkfs.ext4', ['-q', '-F', '-L', 'job', '-d', jobDir, jobDisk, '300M']);
+await t.test('setup: bundle with the ramdisk, the node\'s disk, Glance, the job disk', async (t) => {
+  const bundle = await buildBundle(['--with-ramdisk']);
+  t.equal(bundle.exitCode, 0, 'bundle/build.sh --with-ramdisk exits 0', { stderr: bundle.stderr });
+  disk = join(work, 'node.raw');
+  const made = await execa('bash', [join(REPO_ROOT, 'test/lib/bootable-disk.sh'), disk, marker], { reject: false, stdin: 'ignore' });
+  t.equal(made.exitCode, 0, 'bootable-disk.sh exits 0', { stderr: String(made.stderr) });
+  glance = await startGlance({ port: await pickPortIn(18800 + Math.floor(Math.random() * 50), 18899) });
+  const jobDir = join(work, 'job');
+  await mkdir(jobDir);
+  await copyFile(bundle.path, join(jobDir, 'bmsnap'));
+  await copyFile(join(REPO_ROOT, 'test/lib/inband-kexec-job.sh'), join(jobDir, 'job.sh'));
+  await writeFile(join(jobDir, 'job.env'),
+    `GLANCE_URL=http://${GUEST_HOST_IP}:${glance.port}\nIMAGE_NAME=${imageName}\nOS_TOKEN=${token}\nFILE_DATA=${fileData}\n`);
+  jobDisk = join(work, 'job.img');
+  await execa('mkfs.ext4', ['-q', '-F', '-L', 'job', '-d', jobDir, jobDisk, '300M']);
+});
 
 const seen: Record<string, { text: string; seconds: number; match: RegExpExecArray }> = {};
 const serialLog = join(work, 'node.serial.log');
@@ -164,4 +156,15 @@ await t.test('the image boots in a fresh VM with the marker and the file', async
   t.equal(f.match[1], fileData, 'the file written before the snapshot is in the image');
   await vm.done;
   t.notOk((await readFile(join(work, 'restored.serial.log'), 'utf8')).includes(token), 'no token in that serial log either');
+});
+
+await t.test('refused for a non-root user, before anything is created', async (t) => {
+  // (env -u NODE_OPTIONS: tap's process-info hook, injected into every child, cannot write as nobody)
+  const r = await execa('env', ['-u', 'NODE_OPTIONS', 'setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, CLI,
+    'now', '--mode', 'kexec', '--glance', 'x', '--glance-url', 'http://127.0.0.1:1'], { reject: false, stdin: 'ignore', extendEnv: false, env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+  t.equal(r.exitCode, 1, 'exit status 1');
+  t.match(String(r.stderr), /^bmsnap: kexec mode must run as root \(uid 65534\)[^\n]*$/, 'one line: must run as root');
+  const u = await execa(process.execPath, [CLI, 'now', '--glance', 'x'], { reject: false, stdin: 'ignore', extendEnv: false, env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+  t.equal(u.exitCode, 2, 'no --mode: usage error, exit 2');
+  t.match(String(u.stderr), /^bmsnap: missing --mode kexec[^\n]*$/, 'one line');
 });

@@ -49,3 +49,22 @@ t.test('the root disk of this host, from its real /proc and /sys', async (t) => 
   if (disk instanceof Error) { t.match(disk.message, /^(cannot find the disk holding \/|\/ spans several disks)/, `refused: ${disk.message}`); return; }
   t.ok((await stat(`/sys/block/${disk}`)).isDirectory(), `/ is on ${disk}, a whole disk in /sys/block`);
 });
+
+t.test('hand-over initramfs: ramdisk bytes, padding, then a cpio the tool reads; mode 0600', async (t) => {
+  const { writeHandoverInitramfs } = await import('../../agent/src/inband/handover.js');
+  const dir = await mkdtemp(join(tmpdir(), 'bmsnap-handover-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const ramdisk = Buffer.from('not really zstd, 27 bytes.\n');
+  await writeFile(join(dir, 'rd'), ramdisk);
+  const out = join(dir, 'out');
+  await writeHandoverInitramfs(out, join(dir, 'rd'), [{ name: 'etc/bmsnap', type: 'dir', mode: 0o700 },
+    { name: 'etc/bmsnap/oneshot.json', type: 'file', mode: 0o600, data: Buffer.from('{}') }]);
+  t.equal((await stat(out)).mode & 0o777, 0o600, 'created 0600');
+  const all = await readFile(out);
+  t.same(all.subarray(0, ramdisk.length), ramdisk, 'starts with the ramdisk');
+  t.equal(all.subarray(ramdisk.length, 28).toString('hex'), '00', 'zero padding to a 4-byte boundary');
+  await writeFile(join(dir, 'tail.cpio'), all.subarray(28));
+  await execa('sh', ['-c', 'mkdir x && cd x && cpio -id --quiet < ../tail.cpio'], { cwd: dir });
+  t.equal(await readFile(join(dir, 'x/etc/bmsnap/oneshot.json'), 'utf8'), '{}');
+  await t.rejects(writeHandoverInitramfs(out, join(dir, 'rd'), []), 'never overwrites an existing file');
+});

@@ -2,7 +2,7 @@
 // the kernel looks for the next archive), then a newc cpio with the one-shot job and the kernel
 // for the way back. Written only to a RAM filesystem, mode 0600, and removed by the caller right
 // after `kexec -l` has read it.
-import { createReadStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { open, readFile, statfs } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { RefusedError } from '../errors.js';
@@ -36,9 +36,9 @@ export async function handoverEntries(job: OneshotJob, back: ReturnKernel | unde
 
 /** Writes RAMDISK + padding + the cpio of ENTRIES to OUT (created 0600, must not exist). */
 export async function writeHandoverInitramfs(out: string, ramdisk: string, entries: CpioEntry[]): Promise<void> {
-  const fh = await open(out, 'wx', 0o600);
+  await pipeline(createReadStream(ramdisk), createWriteStream(out, { flags: 'wx', mode: 0o600 }));
+  const fh = await open(out, 'a');
   try {
-    await pipeline(createReadStream(ramdisk), fh.createWriteStream({ autoClose: false }));
     const { size } = await fh.stat();
     const parts = [Buffer.alloc((4 - (size % 4)) % 4), ...newcArchive(entries)];
     for (const p of parts) if (p.length) await fh.write(p);
