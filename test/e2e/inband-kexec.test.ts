@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { REPO_ROOT } from '../lib/disks.js';
 import { buildBundle } from '../lib/bundle.js';
-import { startGlance, type LocalGlance } from '../lib/glance.js';
+import { startFaultProxy, startGlance, type FaultProxy, type LocalGlance } from '../lib/glance.js';
 import { pickPortIn } from '../lib/ports.js';
 import { convertToRaw, hashFile, qemuImgCheck } from '../lib/verify.js';
 import { GUEST_HOST_IP, Vm } from '../lib/vm.js';
@@ -39,8 +39,10 @@ const work = await mkdtemp(join(tmpdir(), 'bmsnap-kexec-'));
 t.comment(`work dir ${work}`);
 const vms: Vm[] = [];
 let glance: LocalGlance | undefined;
+let proxy: FaultProxy | undefined;
 t.teardown(async () => {
   for (const v of vms) await v.stop();
+  await proxy?.close();
   await glance?.dispose();
   if (t.passing()) await rm(work, { recursive: true, force: true });
   else console.error(`# kept ${work}`);
@@ -60,13 +62,16 @@ await t.test('setup: bundle with the ramdisk, the node\'s disk, Glance, the job 
   disk = join(work, 'node.raw');
   const made = await execa('bash', [join(REPO_ROOT, 'test/lib/bootable-disk.sh'), disk, marker], { reject: false, stdin: 'ignore' });
   t.equal(made.exitCode, 0, 'bootable-disk.sh exits 0', { stderr: String(made.stderr) });
-  glance = await startGlance({ port: await pickPortIn(18800 + Math.floor(Math.random() * 50), 18899) });
+  glance = await startGlance({ port: await pickPortIn(18800 + Math.floor(Math.random() * 50), 18849) });
+  // the second round: every upload answered 500 (image create, get and delete go through)
+  proxy = await startFaultProxy(`http://127.0.0.1:${glance.port}`, [{ method: 'PUT', path: /\/file$/, count: 1000 }],
+    await pickPortIn(18850 + Math.floor(Math.random() * 50), 18899));
   const jobDir = join(work, 'job');
   await mkdir(jobDir);
   await copyFile(bundle.path, join(jobDir, 'bmsnap'));
   await copyFile(join(REPO_ROOT, 'test/lib/inband-kexec-job.sh'), join(jobDir, 'job.sh'));
   await writeFile(join(jobDir, 'job.env'),
-    `GLANCE_URL=http://${GUEST_HOST_IP}:${glance.port}\nIMAGE_NAME=${imageName}\nOS_TOKEN=${token}\nFILE_DATA=${fileData}\n`);
+    `GLANCE_URL=http://${GUEST_HOST_IP}:${glance.port}\nFAULT_URL=http://${GUEST_HOST_IP}:${proxy.port}\nIMAGE_NAME=${imageName}\nOS_TOKEN=${token}\nFILE_DATA=${fileData}\n`);
   jobDisk = join(work, 'job.img');
   await execa('mkfs.ext4', ['-q', '-F', '-L', 'job', '-d', jobDir, jobDisk, '300M']);
 });
@@ -77,7 +82,7 @@ await t.test('the node kexecs into the ramdisk, is imaged, and comes back', asyn
   const vm = new Vm({
     name: 'kexec-node', serialLog, memoryMiB: 1536,
     disks: [{ file: disk, format: 'raw' }, { file: jobDisk, format: 'raw' }],
-    guestForwards: [glance!.port],
+    guestForwards: [glance!.port, proxy!.port],
   });
   vms.push(vm);
   const steps: [string, RegExp, number][] = [
@@ -93,6 +98,10 @@ await t.test('the node kexecs into the ramdisk, is imaged, and comes back', asyn
     ['kexecBack', /bmsnap-oneshot: result (\S+); kexec back/, 120],
     ['result', /BMSNAP-JOB result (\S+)/, 400],
     ['back', /BMSNAP-JOB back file=(\S*)/, 60],
+    // second round, into the proxy that fails the upload
+    ['failed', /bmsnap-oneshot: FAILED: (.*)/, 900],
+    ['deleted', /bmsnap-oneshot: deleted image (\S+)/, 120],
+    ['result2', /BMSNAP-JOB second result (\S+)/, 400],
   ];
   for (const [step, re, timeout] of steps) {
     seen[step] = await vm.waitLine(re, timeout);
@@ -108,6 +117,14 @@ await t.test('the node kexecs into the ramdisk, is imaged, and comes back', asyn
   const id = seen.created!.match[1]!;
   t.equal(seen.result!.match[1], `ok:${id}`, 'back in the user OS, /proc/cmdline has bmsnap.result=ok:IMAGE_ID');
   t.equal(seen.back!.match[1], fileData, 'the file written before the snapshot is there after the return');
+  t.match(seen.failed!.match[1], /500|Internal Server Error|upload/i, 'second round: the ramdisk reports the failed upload');
+  t.match(seen.result2!.match[1], /^failed:\S+/, 'and the node comes back with bmsnap.result=failed:REASON');
+  t.ok(proxy!.injected[0]! >= 1, 'the proxy failed the upload');
+});
+
+await t.test('a failed snapshot leaves no image behind', async (t) => {
+  const left = (await glance!.listImages()).filter((i) => i.name === `${imageName}-fail`);
+  t.same(left.map((i) => `${i.id} ${i.status}`), [], `the image ${seen.deleted?.match[1] ?? '?'} was deleted`);
 });
 
 await t.test('no token in any serial log or on the node\'s disk', async (t) => {

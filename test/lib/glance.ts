@@ -310,7 +310,8 @@ export interface FaultProxy {
 }
 
 /** A loopback HTTP proxy to TARGET (http://host:port) that injects errors per RULES. */
-export async function startFaultProxy(target: string, rules: ProxyRule[]): Promise<FaultProxy> {
+/** PORT: a fixed port (default: a free one in Glance's test range). */
+export async function startFaultProxy(target: string, rules: ProxyRule[], fixedPort?: number): Promise<FaultProxy> {
   const t = new URL(target);
   const injected = rules.map(() => 0);
   const log: string[] = [];
@@ -341,7 +342,7 @@ export async function startFaultProxy(target: string, rules: ProxyRule[]): Promi
     req.pipe(up);
   });
   server.on('connection', (s) => { sockets.add(s); s.on('close', () => sockets.delete(s)); });
-  const port = await pickPort();
+  const port = fixedPort ?? await pickPort();
   portsTaken.add(port);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -1,12 +1,15 @@
 #!/bin/busybox sh
 # The guest half of test/e2e/inband-kexec.test.ts, run by the bootable test disk's marker from
-# the job disk mounted at $1 (/dev/job); job.env there sets GLANCE_URL, IMAGE_NAME, OS_TOKEN and
-# FILE_DATA. The "user OS" is busybox alone; the job brings up what a distribution would (a
-# tmpfs on /dev/shm, sysfs, DHCP). Console lines start with BMSNAP-JOB.
-#  - booted with bmsnap.result=... on the command line (back from the snapshot): print it and
-#    the file written before the snapshot, then let the marker power off;
-#  - otherwise: one real refusal (sysfs not mounted yet: no /sys/kernel/kexec_loaded), then write
-#    /opt/app/before-snapshot and run `bmsnap now --mode kexec` (which does not come back here).
+# the job disk mounted at $1 (/dev/job); job.env there sets GLANCE_URL, FAULT_URL (a proxy to
+# that Glance failing every upload), IMAGE_NAME, OS_TOKEN and FILE_DATA. The "user OS" is busybox
+# alone; the job brings up what a distribution would (a tmpfs on /dev/shm, sysfs, DHCP).
+# Console lines start with BMSNAP-JOB. By the bmsnap.result on the kernel command line:
+#  - none (first boot): one real refusal (sysfs not mounted yet: no /sys/kernel/kexec_loaded),
+#    then write /opt/app/before-snapshot and run `bmsnap now --mode kexec` into GLANCE_URL;
+#  - ok:ID (back from it): print it and the file, then `bmsnap now --mode kexec` again, into
+#    FAULT_URL, where the upload fails;
+#  - failed:WHY (back from that): print it and let the marker power off.
+# `bmsnap now` does not return when it works: the node goes down into the ramdisk.
 job=$1
 /bin/busybox mkdir -p /dev/.bin && /bin/busybox --install -s /dev/.bin
 export PATH=/dev/.bin
@@ -14,29 +17,38 @@ export PATH=/dev/.bin
 export OS_TOKEN
 say() { echo "BMSNAP-JOB $*"; }
 
-result=$(for w in $(cat /proc/cmdline); do case $w in bmsnap.result=*) echo "${w#bmsnap.result=}";; esac; done)
-if [ -n "$result" ]; then
-  say "result $result"
-  say "back file=$(cat /opt/app/before-snapshot 2>&1) cmdline=[$(cat /proc/cmdline)]"
+os_up() {
+  mount -t sysfs sysfs /sys
+  printf '#!/bin/sh\n[ "$1" = bound ] && ip addr add "$ip/${mask:-24}" dev "$interface"\nexit 0\n' > /dev/.dhcp
+  chmod 755 /dev/.dhcp
+  ip link set lo up && ip link set eth0 up
+  udhcpc -i eth0 -q -n -t 10 -s /dev/.dhcp >/dev/null 2>&1 || say "dhcp failed"
+  say "network $(ip -o -4 addr show dev eth0 | awk '{print $4}')"
+}
+now() {   # NAME URL
+  say "handover starting ($1)"
+  "$job/bmsnap" now --mode kexec --glance "$1" --glance-url "$2" > /dev/shm/now.out
+  say "now returned rc=$? out=$(cat /dev/shm/now.out)"
   say done
-  exit 0
-fi
+}
 
 mkdir -p /dev/shm && mount -t tmpfs -o mode=1777 tmpfs /dev/shm
-# a refusal the node can really produce: no sysfs, so no /sys/kernel/kexec_loaded
-"$job/bmsnap" now --mode kexec --glance "$IMAGE_NAME" --glance-url "$GLANCE_URL" > /dev/null 2> /dev/shm/refusal.err
-say "refusal rc=$? err=$(head -n 1 /dev/shm/refusal.err)"
-
-mount -t sysfs sysfs /sys
-printf '#!/bin/sh\n[ "$1" = bound ] && ip addr add "$ip/${mask:-24}" dev "$interface"\nexit 0\n' > /dev/.dhcp
-chmod 755 /dev/.dhcp
-ip link set lo up && ip link set eth0 up
-udhcpc -i eth0 -q -n -t 10 -s /dev/.dhcp >/dev/null 2>&1 || say "dhcp failed"
-say "network $(ip -o -4 addr show dev eth0 | awk '{print $4}')"
-
-echo "$FILE_DATA" > /opt/app/before-snapshot
-sync
-say "handover starting"
-"$job/bmsnap" now --mode kexec --glance "$IMAGE_NAME" --glance-url "$GLANCE_URL" > /dev/shm/now.out
-say "now returned rc=$? out=$(cat /dev/shm/now.out)"
-say done
+result=$(for w in $(cat /proc/cmdline); do case $w in bmsnap.result=*) echo "${w#bmsnap.result=}";; esac; done)
+case $result in
+  ok:*)
+    say "result $result"
+    say "back file=$(cat /opt/app/before-snapshot 2>&1) cmdline=[$(cat /proc/cmdline)]"
+    os_up
+    now "$IMAGE_NAME-fail" "$FAULT_URL" ;;
+  failed:*)
+    say "second result $result"
+    say done ;;
+  *)
+    # a refusal the node can really produce: no sysfs, so no /sys/kernel/kexec_loaded
+    "$job/bmsnap" now --mode kexec --glance "$IMAGE_NAME" --glance-url "$GLANCE_URL" > /dev/null 2> /dev/shm/refusal.err
+    say "refusal rc=$? err=$(head -n 1 /dev/shm/refusal.err)"
+    os_up
+    echo "$FILE_DATA" > /opt/app/before-snapshot
+    sync
+    now "$IMAGE_NAME" "$GLANCE_URL" ;;
+esac

@@ -104,7 +104,7 @@ export async function nowCommand(argv: string[], signal: AbortSignal): Promise<v
       glance: conn, imageId: image.id, disk: { hints, bytes: dev.size }, format: 'qcow2', codec,
       ...(back ? { returnCmdline: back.cmdline } : {}),
     };
-    const consoles = (await readFile('/proc/cmdline', 'utf8')).split(/\s+/).filter((w) => /^(console|earlyprintk)=/.test(w));
+    const consoles = (await readFile('/proc/cmdline', 'utf8')).split(/\s+/).filter((w) => /^(console|earlyprintk)=|^quiet$/.test(w));
     const cmdline = [...consoles, 'bmsnap.oneshot=1', ...(values['ramdisk-append'] ? [values['ramdisk-append']] : [])].join(' ');
     try {
       await handover.writeHandoverInitramfs(staged, rdInitramfs!, await handover.handoverEntries(job, back));
