@@ -34,25 +34,16 @@ die() { echo "ramdisk-build: $*" >&2; exit 1; }
 export LC_ALL=C
 
 # --- tools on the build host ---------------------------------------------------------------------
-PKGS=(busybox-static cpio kexec-tools lvm2 dmsetup openssl util-linux e2fsprogs zstd binutils)
-missing=()
-for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  say "installing ${missing[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
-    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; } \
-    || die "apt-get install ${missing[*]} failed"
-fi
+source "$here/lib.sh"
+ensure_packages busybox-static cpio kexec-tools lvm2 dmsetup openssl util-linux e2fsprogs zstd binutils
 [ -f "$repo/dist/agent/src/cli/main.js" ] || die "the agent is not built: run npm run build first"
 
 # --- the kernel: whatever linux-image-amd64 points at, as a downloaded .deb -----------------------
-source "$here/lib.sh"
 fetch_kernel_deb   # sets kpkg kver kdeb
 
 # --- the inputs, and the cache key over all of them ----------------------------------------------
 BINS=(/usr/bin/node /bin/busybox /usr/bin/openssl /usr/bin/lsblk /usr/sbin/blkid /usr/sbin/e2fsck
       /usr/sbin/dmsetup /usr/sbin/lvm /usr/sbin/kexec)
-libs_of() { ldd "$@" 2>/dev/null | awk '/=> \// { print $3 } /^\t\/lib/ { print $1 }' | sort -u; }
 mapfile -t LIBS < <(libs_of "${BINS[@]}")
 # openssl's default config, so `openssl req` finds its defaults
 EXTRA=(/usr/lib/ssl/openssl.cnf)

@@ -3,17 +3,35 @@
 
 EPOCH=1700000000   # every mtime in an archive (reproducible builds)
 
+# ensure_packages PKG... : apt-get installs the Debian packages that are missing (needs root).
+ensure_packages() {
+  local missing=() p
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -gt 0 ] || return 0
+  say "installing ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; } \
+    || die "apt-get install ${missing[*]} failed"
+}
+
 # The kernel linux-image-amd64 currently points at, downloaded as a .deb (never installed).
 # Sets kpkg, kver, kdeb.
 fetch_kernel_deb() {
   mkdir -p "$cache/debs"
-  kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
-  [ -n "$kpkg" ] || die "cannot resolve linux-image-amd64 (apt-get update?)"
+  local resolve='apt-cache depends linux-image-amd64 2>/dev/null | awk "/Depends: linux-image-[0-9]/ { print \$2; exit }"'
+  kpkg=$(eval "$resolve")
+  if [ -z "$kpkg" ]; then   # a fresh machine may have no package lists yet
+    say "apt-get update (linux-image-amd64 unknown)"
+    apt-get update -q >/dev/null 2>&1 || true
+    kpkg=$(eval "$resolve")
+  fi
+  [ -n "$kpkg" ] || die "cannot resolve linux-image-amd64 from the Debian package lists"
   kver=${kpkg#linux-image-}
   kdeb=$(ls "$cache/debs/${kpkg}_"*.deb 2>/dev/null | head -1 || true)
   if [ -z "$kdeb" ]; then
     say "downloading $kpkg"
-    (cd "$cache/debs" && apt-get download -q "$kpkg" >/dev/null 2>&1) || die "apt-get download $kpkg failed"
+    (cd "$cache/debs" && { apt-get download -q "$kpkg" >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1; apt-get download -q "$kpkg" >/dev/null 2>&1; }; }) || die "apt-get download $kpkg failed"
     kdeb=$(ls "$cache/debs/${kpkg}_"*.deb | head -1)
   fi
 }
@@ -57,14 +75,25 @@ copy_modules() {
   busybox depmod -b "$root" "$kver"
 }
 
-# pack_initramfs ROOT OUT.zst : newc cpio of ROOT (sorted, owner 0:0, fixed modes and mtimes),
-# zstd -10 single-threaded, so the same tree gives the same bytes. Prints the uncompressed size.
-pack_initramfs() {
-  local root=$1 out=$2
+# libs_of BINARY... : the shared libraries the binaries load, the dynamic loader included, one
+# path a line.
+libs_of() { ldd "$@" 2>/dev/null | awk '/=> \// { print $3 } /^\t\/lib/ { print $1 }' | sort -u; }
+
+# normalize_tree ROOT : modes 755 (directories, executables) or 644, every mtime $EPOCH, so an
+# archive of ROOT depends on the contents alone.
+normalize_tree() {
+  local root=$1
   find "$root" -type d -exec chmod 755 {} +
   find "$root" -type f -perm /111 -exec chmod 755 {} +
   find "$root" -type f ! -perm /111 -exec chmod 644 {} +
   find "$root" -exec touch -h -d "@$EPOCH" {} +
+}
+
+# pack_initramfs ROOT OUT.zst : newc cpio of ROOT (sorted, owner 0:0, fixed modes and mtimes),
+# zstd -10 single-threaded, so the same tree gives the same bytes. Prints the uncompressed size.
+pack_initramfs() {
+  local root=$1 out=$2
+  normalize_tree "$root"
   (cd "$root" && find . -mindepth 1 | sed 's|^\./||' | LC_ALL=C sort | cpio --reproducible -o -H newc -R 0:0 --quiet) > "$out.cpio"
   zstd -q -f -T1 -10 "$out.cpio" -o "$out"
   stat -c %s "$out.cpio"

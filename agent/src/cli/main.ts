@@ -29,12 +29,21 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const controller = new AbortController();
+  // SIGINT/SIGTERM/SIGHUP (a closed ssh session) stop the run cleanly; a second signal quits at
+  // once. One sent to the process group reaches the self-contained bundle's stub too, which
+  // passes it on: a repeat within 2 s is that same signal.
+  let firstSignalAt = 0;
   const onSignal = (sig: NodeJS.Signals) => {
-    if (controller.signal.aborted) process.exit(sig === 'SIGINT' ? 130 : 143);
+    if (controller.signal.aborted) {
+      if (Date.now() - firstSignalAt > 2000) process.exit(sig === 'SIGINT' ? 130 : sig === 'SIGHUP' ? 129 : 143);
+      return;
+    }
+    firstSignalAt = Date.now();
     controller.abort(new AbortedError(`interrupted by ${sig}`));
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  process.on('SIGHUP', onSignal);
   switch (command) {
     // Commands load on demand: `bmsnap --version` should not pay for fastify and undici.
     case 'image':
