@@ -7,8 +7,11 @@
 # /sbin/bmsnap-marker, which prints "BMSNAP-MARKER <MARKER> <sha256 of /etc/bmsnap-payload>"
 # and its machine id on the serial console and powers off. The root also holds per-machine state
 # (SSH host keys, machine-id, logs, shell history, cloud-init instance, DHCP lease, /tmp) for the
-# scrub test. Prints the payload hash, then the machine id. GRUB (i386-pc) is installed on the
-# loop device, so SeaBIOS boots the disk like a server's firmware would. Needs root (loop device, ext4 mount).
+# scrub test, and a package database (/var/lib/dpkg/status). With a second disk (ext4) that holds
+# a job.sh attached, the marker runs that job before powering off (test/e2e/bundle-footprint.test.ts;
+# virtio_net is loaded for it). Prints the payload hash, then the machine id. GRUB (i386-pc) is
+# installed on the loop device, so SeaBIOS boots the disk like a server's firmware would. Needs
+# root (loop device, ext4 mount).
 set -euo pipefail
 out=$1 marker=$2
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,12 +36,12 @@ ir=$work/initrd
 mkdir -p "$ir"/{bin,proc,sys,dev,newroot}
 cp /bin/busybox "$ir/bin/busybox"
 for a in sh mount umount sleep switch_root modprobe cat echo ls; do ln -s busybox "$ir/bin/$a"; done
-copy_modules "$ir" virtio_pci virtio_blk ext4 crc32c_generic
+copy_modules "$ir" virtio_pci virtio_blk ext4 crc32c_generic virtio_net
 cat > "$ir/init" <<'EOF'
 #!/bin/sh
 export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
-modprobe -a virtio_pci virtio_blk crc32c_generic ext4
+modprobe -a virtio_pci virtio_blk crc32c_generic ext4 virtio_net
 root=$(for w in $(cat /proc/cmdline); do case $w in root=*) echo "${w#root=}";; esac; done)
 for i in $(seq 1 100); do [ -b "$root" ] && break; sleep 0.1; done
 mount -t ext4 -o ro "$root" /newroot || { echo "BMSNAP-MARKER-FAIL cannot mount $root"; sleep 2; echo o > /proc/sysrq-trigger; }
@@ -82,6 +85,10 @@ echo "lease { }" > "$r/var/lib/dhcp/dhclient.eth0.leases"
 echo junk > "$r/tmp/build.log"
 echo "API_KEY=abc" > "$r/opt/app/secrets.env"
 echo "keep me" > "$r/opt/app/config"
+# the package database of this "distribution" (what a footprint check compares)
+mkdir -p "$r/var/lib/dpkg"
+printf 'Package: %s\nStatus: install ok installed\nArchitecture: amd64\nVersion: %s\n\n' \
+  busybox 1:1.35.0 bmsnap-marker 1.0 > "$r/var/lib/dpkg/status"
 # The "OS": prints the marker, the payload hash and its identity. Like systemd and sshd-keygen on
 # a real distribution, it makes a new machine id / host key at boot when they are missing.
 cat > "$r/sbin/bmsnap-marker" <<'EOF'
@@ -93,6 +100,11 @@ fresh=
 if [ ! -s /etc/machine-id ]; then $b cat /proc/sys/kernel/random/uuid | $b tr -d '-' > /etc/machine-id; fresh="$fresh machine-id"; fi
 if [ ! -f /etc/ssh/ssh_host_ed25519_key ]; then echo "regenerated" > /etc/ssh/ssh_host_ed25519_key; fresh="$fresh hostkey"; fi
 echo "BMSNAP-MARKER $($b cat /etc/bmsnap-marker) $($b sha256sum /etc/bmsnap-payload | $b cut -c1-64) machine-id=$($b cat /etc/machine-id) regenerated=[${fresh# }]"
+# a second disk holding job.sh: run that job (mounted at /dev/job, off the root tree), then power off
+if [ -b /dev/vdb ] && $b mkdir -p /dev/job && $b mount -t ext4 /dev/vdb /dev/job 2>/dev/null; then
+  [ -f /dev/job/job.sh ] && $b sh /dev/job/job.sh /dev/job
+  $b sync; $b umount /dev/job
+fi
 $b sync
 $b poweroff -f
 EOF
