@@ -189,6 +189,18 @@ await t.test('without TMPDIR: /dev/shm when it is a tmpfs and /tmp is not', asyn
   t.notOk(existsSync(long.dir), 'and removed');
 });
 
+await t.test('as an ordinary user (nobody)', async (t) => {
+  const r = await execa('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', '--', 'env', '-i', 'PATH=/usr/bin:/bin', bundle, '--version'],
+    { reject: false, env: { NODE_OPTIONS: '' } });
+  t.equal(r.exitCode, 0, 'exit 0', { stderr: String(r.stderr) });
+  t.match(String(r.stdout), /^bmsnap \d+\.\d+\.\d+$/, 'prints the version');
+  const theirs = async (dir: string) => {
+    const names = (await readdir(dir)).filter((n) => n.startsWith('bmsnap-bundle-'));
+    return (await Promise.all(names.map(async (n) => (await stat(join(dir, n))).uid === 65534))).filter(Boolean).length;
+  };
+  t.equal(await theirs('/dev/shm') + await theirs('/tmp'), 0, 'no directory of theirs left in /dev/shm or /tmp');
+});
+
 await t.test('clear one-line refusals', async (t) => {
   const oneLine = (t: Test, r: { exitCode?: number; stderr: string }, re: RegExp, what: string) => {
     t.equal(r.exitCode, 1, `${what}: exit 1`);
