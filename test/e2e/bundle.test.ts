@@ -27,7 +27,7 @@ if (!existsSync(join(REPO_ROOT, 'dist/agent/src/cli/main.js'))) {
 
 const metric = (t: Test, name: string, value: number, unit: string) => t.comment(`metric ${name} = ${value} ${unit}`);
 // (no t.teardown: it would end the root test while it awaits between subtests)
-const work = await makeTempDir('bmsnap-bundle-test-');
+const work = await makeTempDir('bmsnap-bundletest-');
 
 const built = await buildBundle();
 const bundle = built.path;
