@@ -12,7 +12,7 @@
 # deploy_ramdisk at).
 #
 # Contents: busybox (shell, mount, ip, udhcpc, modprobe, fsfreeze, ...), node (stripped) and the
-# compiled agent with its production packages, openssl (the agent's auto-TLS), lsblk/blkid,
+# compiled agent with its production packages, openssl (the agent's auto-TLS), lsblk/blkid, losetup,
 # e2fsck, dmsetup + lvm, kexec, and the kernel modules for virtio/NVMe/SATA/SAS disks, common
 # server NICs, ext4/xfs/vfat, device-mapper, brd/zram/loop. /init is ramdisk-build/init.
 # Needs root (apt-get) on Debian 12 and an `npm run build` of the agent.
@@ -43,7 +43,7 @@ fetch_kernel_deb   # sets kpkg kver kdeb
 
 # --- the inputs, and the cache key over all of them ----------------------------------------------
 BINS=(/usr/bin/node /bin/busybox /usr/bin/openssl /usr/bin/lsblk /usr/sbin/blkid /usr/sbin/e2fsck
-      /usr/sbin/dmsetup /usr/sbin/lvm /usr/sbin/kexec)
+      /usr/sbin/dmsetup /usr/sbin/lvm /usr/sbin/kexec /usr/sbin/losetup)
 mapfile -t LIBS < <(libs_of "${BINS[@]}")
 # openssl's default config, so `openssl req` finds its defaults
 EXTRA=(/usr/lib/ssl/openssl.cnf)
