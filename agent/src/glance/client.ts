@@ -39,12 +39,12 @@ export class GlanceClient {
     return { ...(this.conn.token ? { 'x-auth-token': this.conn.token } : {}), ...this.conn.headers, ...extra };
   }
 
-  private async call(method: Dispatcher.HttpMethod, path: string, opts: { json?: unknown; body?: Dispatcher.DispatchOptions['body']; headers?: Record<string, string>; signal?: AbortSignal; what: string }) {
+  private async call(method: Dispatcher.HttpMethod, path: string, opts: { json?: unknown; body?: Dispatcher.DispatchOptions['body']; headers?: Record<string, string>; signal?: AbortSignal; what: string; dispatcher?: Dispatcher }) {
     let res: Dispatcher.ResponseData;
     try {
       res = await request(`${this.base}${path}`, {
         method,
-        dispatcher: this.dispatcher,
+        dispatcher: opts.dispatcher ?? this.dispatcher,
         headers: this.headers({ ...(opts.json !== undefined ? { 'content-type': 'application/json' } : {}), accept: 'application/json', ...opts.headers }),
         ...(opts.json !== undefined ? { body: JSON.stringify(opts.json) } : opts.body !== undefined ? { body: opts.body } : {}),
         ...(opts.signal ? { signal: opts.signal } : {}),
@@ -84,13 +84,22 @@ export class GlanceClient {
 
   /** Streams the image data; `body` is consumed as it is produced (chunked transfer encoding). */
   async upload(id: string, body: AsyncIterable<Uint8Array>, signal?: AbortSignal): Promise<void> {
-    const res = await this.call('PUT', `/v2/images/${encodeURIComponent(id)}/file`, {
-      body: Readable.from(body, { objectMode: false }),
-      headers: { 'content-type': 'application/octet-stream' },
-      what: `uploading image ${id}`,
-      ...(signal ? { signal } : {}),
-    });
-    await res.body.dump();
+    // A connection of its own: the pooled one may have sat idle through the sizing pass and been
+    // closed by the server (or a proxy's keep-alive timeout) just as the body starts; a streamed
+    // body cannot be replayed on another connection.
+    const fresh = tlsAgent(this.conn, { bodyTimeout: 0, headersTimeout: 0 });
+    try {
+      const res = await this.call('PUT', `/v2/images/${encodeURIComponent(id)}/file`, {
+        body: Readable.from(body, { objectMode: false }),
+        headers: { 'content-type': 'application/octet-stream' },
+        what: `uploading image ${id}`,
+        dispatcher: fresh,
+        ...(signal ? { signal } : {}),
+      });
+      await res.body.dump();
+    } finally {
+      await fresh.destroy().catch(() => undefined);   // nothing in flight by now; never waits
+    }
   }
 
   async deleteImage(id: string): Promise<void> {
