@@ -52,6 +52,8 @@ export async function nowCommand(argv: string[], signal: AbortSignal): Promise<v
   if (values.help) { process.stdout.write(NOW_USAGE + '\n'); return; }
   if (positionals.length) throw new UsageError(`now takes no SOURCE: it images the disk holding / (got "${positionals[0]}")`);
   if (!values.mode) throw new UsageError('missing --mode kexec (see bmsnap now --help)');
+  // Live capture (freeze + LVM/dm snapshot) is designed but not built yet: say so plainly.
+  if (values.mode === 'live') throw new UsageError('--mode live is not available yet; use --mode kexec (a few minutes offline) or the operator\'s Ironic snapshot step');
   choice(values.mode, ['kexec'], '--mode');
   if (!values.glance) throw new UsageError('missing --glance NAME');
   const codec = choice(values.compress ?? 'zstd', ['zstd', 'zlib', 'none'], '--compress');
