@@ -18,6 +18,17 @@ commands:
 
 bmsnap <command> --help for the command's options; bmsnap --version for the version.`;
 
+type Command = (argv: string[], signal: AbortSignal) => Promise<void>;
+
+// Commands load on demand: `bmsnap --version` should not pay for fastify and undici.
+const COMMANDS: Record<string, () => Promise<Command>> = {
+  image: async () => (await import('./image-command.js')).imageCommand,
+  agent: async () => (await import('./agent-command.js')).agentCommand,
+  now: async () => (await import('./now-command.js')).nowCommand,
+  oneshot: async () => (await import('./oneshot-command.js')).oneshotCommand,
+  'server-image-create': async () => (await import('./server-image-create-command.js')).serverImageCreateCommand,
+};
+
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   if (!command || command === '-h' || command === '--help' || command === 'help') {
@@ -44,26 +55,10 @@ async function main(argv: string[]): Promise<number> {
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   process.on('SIGHUP', onSignal);
-  switch (command) {
-    // Commands load on demand: `bmsnap --version` should not pay for fastify and undici.
-    case 'image':
-      await (await import('./image-command.js')).imageCommand(rest, controller.signal);
-      return 0;
-    case 'agent':
-      await (await import('./agent-command.js')).agentCommand(rest, controller.signal);
-      return 0;
-    case 'now':
-      await (await import('./now-command.js')).nowCommand(rest, controller.signal);
-      return 0;
-    case 'oneshot':
-      await (await import('./oneshot-command.js')).oneshotCommand(rest, controller.signal);
-      return 0;
-    case 'server-image-create':
-      await (await import('./server-image-create-command.js')).serverImageCreateCommand(rest, controller.signal);
-      return 0;
-    default:
-      throw new UsageError(`unknown command "${command}" (try bmsnap --help)`);
-  }
+  const load = Object.hasOwn(COMMANDS, command) ? COMMANDS[command] : undefined;
+  if (!load) throw new UsageError(`unknown command "${command}" (try bmsnap --help)`);
+  await (await load())(rest, controller.signal);
+  return 0;
 }
 
 main(process.argv.slice(2)).then(
