@@ -101,7 +101,10 @@ interface RamdiskVm extends Boot { vm: Vm; agentPort: number }
 
 async function bootVm(uuid: string, _file: string, content: string, i: number): Promise<RamdiskVm> {
   const agentPort = await pickPort(17100, 17199);
-  const append = `console=ttyS0 panic=-1 quiet ${content.trim()} ipa-advertise-host=127.0.0.1 ipa-advertise-port=${agentPort} ipa-listen-port=${agentPort}`;
+  // The first boot configures its NIC by DHCP, later ones from a static ip= parameter (as an
+  // operator would set in kernel_append_params on a network without DHCP).
+  const staticIp = i > 1 ? ` ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off` : '';
+  const append = `console=ttyS0 panic=-1 quiet ${content.trim()} ipa-advertise-host=127.0.0.1 ipa-advertise-port=${agentPort} ipa-listen-port=${agentPort}${staticIp}`;
   const vm = new Vm({
     name: `ramdisk-${i}`, serialLog: join(work, `ramdisk-${i}.serial.log`), memoryMiB: 1536,
     kernel, initrd: initramfs, append,
@@ -225,6 +228,9 @@ if (imageId) await t.test('snapshot with scrub: a shareable image, the disk unto
     snapshotSteps('vm-snap-scrubbed', '/dev/vda', { scrub: true, scrub_paths: ['/opt/app/secrets.env'] })]);
   const n = await stack.waitState(uuid, ['active', 'service failed'], 900);
   metric('scrubbed_snapshot_step_s', secs(svc), 's (node service -> node active)');
+  const second = harness.boots.at(-1)!;
+  const net = await second.vm.waitLine(/bmsnap-ramdisk: network (\S+) (\S+) .*static/, 1).catch(() => undefined);
+  t.ok(net, `this boot configured its NIC from ip= (static): ${net?.text ?? 'no such console line'}`);
   t.equal(n.provision_state, 'active', 'node back to active', { last_error: n.last_error });
   if (n.provision_state !== 'active') return;
   const id = n.driver_internal_info.bmsnap_snapshot?.image_id as string;
