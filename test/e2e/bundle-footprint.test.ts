@@ -7,7 +7,6 @@
 // test/lib/footprint-job.sh, run by the disk's marker from a second (job) disk.
 import t, { type Test } from 'tap';
 import { execa } from 'execa';
-import { existsSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { randomUUID } from 'node:crypto';
 import { tmpdir } from 'node:os';
@@ -18,15 +17,9 @@ import { startGlance, type LocalGlance } from '../lib/glance.js';
 import { pickPortIn } from '../lib/ports.js';
 import { comparePartitionTables, convertToRaw, hashFile, qemuImgCheck } from '../lib/verify.js';
 import { GUEST_HOST_IP, Vm } from '../lib/vm.js';
+import { requireRootAndAgent } from '../lib/ts-ramdisk.js';
 
-if (process.getuid?.() !== 0) {
-  t.plan(0, 'needs root (loop devices for the test disk, the bundle cache, apt-get)');
-  process.exit(0);
-}
-if (!existsSync(join(REPO_ROOT, 'dist/agent/src/cli/main.js'))) {
-  t.fail('the agent is not built: run npm run build');
-  process.exit(1);
-}
+requireRootAndAgent(t, 'loop devices for the test disk, the bundle cache, apt-get');
 
 const started = Date.now();
 const secs = (from: number) => Math.round((Date.now() - from) / 100) / 10;

@@ -7,23 +7,16 @@
 import t, { type Test } from 'tap';
 import { execa, type ResultPromise } from 'execa';
 import { existsSync } from 'node:fs';
-import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { REPO_ROOT, makeTempDir, removeTempDir } from '../lib/disks.js';
 import { buildBundle, payloadNames, stubValues } from '../lib/bundle.js';
 import { flipBytes, sha256File } from '../lib/verify.js';
+import { requireRootAndAgent } from '../lib/ts-ramdisk.js';
 
-if (process.getuid?.() !== 0) {
-  t.plan(0, 'needs root (apt-get, the cache under /var/cache, mount namespaces)');
-  process.exit(0);
-}
-if (!existsSync(join(REPO_ROOT, 'dist/agent/src/cli/main.js'))) {
-  t.fail('the agent is not built: run npm run build');
-  process.exit(1);
-}
+requireRootAndAgent(t, 'apt-get, the cache under /var/cache, mount namespaces');
 
 const metric = (t: Test, name: string, value: number, unit: string) => t.comment(`metric ${name} = ${value} ${unit}`);
 // (no t.teardown: it would end the root test while it awaits between subtests)

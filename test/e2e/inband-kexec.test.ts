@@ -10,7 +10,6 @@
 // non-root user. Round-trip times are printed as `metric` lines.
 import t from 'tap';
 import { execa } from 'execa';
-import { existsSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { tmpdir } from 'node:os';
@@ -21,16 +20,10 @@ import { startFaultProxy, startGlance, type FaultProxy, type LocalGlance } from 
 import { pickPortIn } from '../lib/ports.js';
 import { convertToRaw, hashFile, qemuImgCheck } from '../lib/verify.js';
 import { GUEST_HOST_IP, Vm } from '../lib/vm.js';
+import { TS_AGENT, requireRootAndAgent } from '../lib/ts-ramdisk.js';
 
-if (process.getuid?.() !== 0) {
-  t.plan(0, 'needs root (loop devices for the test disk, the bundle cache, apt-get)');
-  process.exit(0);
-}
-const CLI = join(REPO_ROOT, 'dist/agent/src/cli/main.js');
-if (!existsSync(CLI)) {
-  t.fail('the agent is not built: run npm run build');
-  process.exit(1);
-}
+requireRootAndAgent(t, 'loop devices for the test disk, the bundle cache, apt-get');
+const CLI = TS_AGENT;
 
 const started = Date.now();
 const secs = (from: number) => Math.round((Date.now() - from) / 100) / 10;

@@ -24,18 +24,12 @@ import { comparePartitionTables, convertToRaw, hashFile, qemuImgCheck, sha256Fil
 import { pickPortIn } from '../lib/ports.js';
 import { FakeBootWatcher, IronicStack, secs, snapshotSteps, tokenOf, waitFor, type Boot } from '../lib/ironic-stack.js';
 import { GUEST_HOST_IP, Vm } from '../lib/vm.js';
+import { requireRootAndAgent } from '../lib/ts-ramdisk.js';
 
 const BUILD = join(REPO_ROOT, 'ramdisk-build/build.sh');
 const BOOTABLE_DISK = join(REPO_ROOT, 'test/lib/bootable-disk.sh');
 
-if (process.getuid?.() !== 0) {
-  t.plan(0, 'needs root (chroot, loop devices, apt-get)');
-  process.exit(0);
-}
-if (!existsSync(join(REPO_ROOT, 'dist/agent/src/cli/main.js'))) {
-  t.fail('the agent is not built: run npm run build');
-  process.exit(1);
-}
+requireRootAndAgent(t, 'chroot, loop devices, apt-get');
 
 const taken = new Set<number>();
 const pickPort = (lo: number, hi: number) => pickPortIn(lo, hi, taken);
