@@ -43,6 +43,7 @@ export interface Manifest {
   sha512: string;
   partitionTable: DiskMap['table'] & { sectorSize: number };
   partitions: DiskMap['partitions'];
+  volumes?: DiskMap['volumes'];
   outsidePartitionsBytes: number;
   usedBytes: number;
   qcow2?: Qcow2Stats;
@@ -106,6 +107,7 @@ export async function imageDisk(source: Source, sink: Sink, opts: ImageOptions):
       sha512: digests.sha512,
       partitionTable: { ...map.table, sectorSize: map.sectorSize },
       partitions: map.partitions,
+      ...(map.volumes ? { volumes: map.volumes } : {}),
       outsidePartitionsBytes: map.outsideBytes,
       usedBytes: map.usedBytes,
       ...(qcow2 ? { qcow2 } : {}),

@@ -16,10 +16,13 @@ Why a conductor side at all (the agent alone also advertises ``deploy.snapshot``
 
 import datetime
 
+import requests
+
 from ironic.common import exception
 from ironic.common import states
 from ironic.conductor import periodics
 from ironic.conductor import utils as manager_utils
+from ironic.conf import CONF
 from ironic.drivers import base
 from ironic.drivers.modules import agent
 from ironic.drivers.modules import agent_client
@@ -43,6 +46,30 @@ def _needs_cleanup(node):
 
 def _is_snapshot(step):
     return bool(step) and step.get("interface") == "deploy" and step.get("step") == "snapshot"
+
+
+def _agent_commands(task):
+    """The agent's command list, or None when the agent does not answer.
+
+    Ironic's own client sends the agent token as a query parameter and, when the agent is gone,
+    puts the requests error - whose text holds that URL, token included - into its log and the
+    node's last_error. This asks the same question but reports only the kind of failure.
+    """
+    node = task.node
+    client = agent_client.get_client(task)
+    token = node.driver_internal_info.get("agent_secret_token")
+    try:
+        resp = client.session.get(client._get_command_url(node),
+                                  params={"agent_token": token} if token else {},
+                                  verify=client._get_verify(node),
+                                  timeout=CONF.agent.command_timeout)
+        resp.raise_for_status()
+        return resp.json()["commands"]
+    except (requests.RequestException, ValueError, KeyError, TypeError) as e:
+        LOG.warning("Node %(node)s: the agent did not answer the command status request "
+                    "(%(kind)s); waiting for its next heartbeat or the service timeout",
+                    {"node": node.uuid, "kind": type(e).__name__})
+        return None
 
 
 class BmsnapDeploy(agent.AgentDeploy):
@@ -97,13 +124,17 @@ class BmsnapDeploy(agent.AgentDeploy):
     def process_next_step(self, task, step_type, **kwargs):
         node = task.node
         if step_type == "service" and _is_snapshot(node.service_step) and node.driver_internal_info.get(INFO):
-            self._follow_snapshot(task)
+            commands = _agent_commands(task)
+            if commands is None:
+                # Gone or restarting: not an error yet (a heartbeat may follow); if it is really
+                # gone, [conductor]service_callback_timeout fails the step.
+                return None
+            self._follow_snapshot(task, commands)
         return super(BmsnapDeploy, self).process_next_step(task, step_type, **kwargs)
 
-    def _follow_snapshot(self, task):
+    def _follow_snapshot(self, task, commands):
         """On each heartbeat: copy progress to the node; verify or clean up at the end."""
         node = task.node
-        commands = agent_client.get_client(task).get_commands_status(node)
         last = commands[-1] if commands else None
         if not last or last.get("command_name") != "execute_service_step":
             return

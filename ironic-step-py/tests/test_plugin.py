@@ -105,6 +105,50 @@ def _task(provision_state, info, last_error=None):
     return task
 
 
+class AgentGoneTest(unittest.TestCase):
+    """The agent dies between its heartbeat and the conductor's status request: a real refused
+    connection (a port nothing listens on), not a mock."""
+
+    TOKEN = "agent-token-7f3c9a1e5b2d4c6e8f0a1b3c5d7e9f11"
+
+    def setUp(self):
+        import socket
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()   # now nothing listens there
+        self.task = _task(states.SERVICEWAIT, {"image_id": "i1", "state": "uploading"})
+        node = self.task.node
+        node.service_step = {"interface": "deploy", "step": "snapshot"}
+        node.driver_internal_info.update({"agent_url": "http://127.0.0.1:%d" % self.port,
+                                          "agent_secret_token": self.TOKEN})
+        node.driver_info = {}
+        # get_client(task) returns the task's cached client: give it Ironic's real one
+        from ironic.drivers.modules import agent_client
+        self.task.cached_agent_client = agent_client.AgentClient()
+
+    def test_ironic_client_would_leak_the_token(self):
+        # why the plugin asks itself: Ironic 29's own error text carries the URL with the token
+        from ironic.drivers.modules import agent_client
+        with self.assertLogs(level="DEBUG"):
+            with self.assertRaises(exception.AgentConnectionFailed) as ctx:
+                agent_client.get_client(self.task).get_commands_status(
+                    self.task.node, retry_connection=False)
+        self.assertIn(self.TOKEN, str(ctx.exception))
+
+    def test_unreachable_agent_waits_quietly(self):
+        d = deploy.BmsnapDeploy()
+        with mock.patch("ironic.drivers.modules.agent.AgentDeploy.process_next_step") as sup:
+            with self.assertLogs(level="DEBUG") as logs:
+                self.assertIsNone(d.process_next_step(self.task, "service"))
+        sup.assert_not_called()
+        text = "\n".join(logs.output)
+        self.assertIn("did not answer the command status request (ConnectionError)", text)
+        self.assertNotIn(self.TOKEN, text)
+        self.assertNotIn("agent_token", text)
+        self.assertEqual(self.task.node.driver_internal_info[deploy.INFO]["state"], "uploading")
+
+
 class CleanupAndVerifyTest(unittest.TestCase):
     def setUp(self):
         p = mock.patch.object(deploy, "GlanceImages")

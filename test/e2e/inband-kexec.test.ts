@@ -179,5 +179,5 @@ await t.test('refused for a non-root user, before anything is created', async (t
   t.match(String(r.stderr), /^bmsnap: kexec mode must run as root \(uid 65534\)[^\n]*$/, 'one line: must run as root');
   const u = await execa(process.execPath, [CLI, 'now', '--glance', 'x'], { reject: false, stdin: 'ignore', extendEnv: false, env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
   t.equal(u.exitCode, 2, 'no --mode: usage error, exit 2');
-  t.match(String(u.stderr), /^bmsnap: missing --mode kexec[^\n]*$/, 'one line');
+  t.match(String(u.stderr), /^bmsnap: missing --mode live or --mode kexec[^\n]*$/, 'one line');
 });

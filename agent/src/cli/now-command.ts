@@ -10,11 +10,25 @@ import { parseArgs } from 'node:util';
 import { RefusedError, UsageError } from '../errors.js';
 import { choice, keyValues, oneLine } from '../options.js';
 import { VERSION } from '../version.js';
+import type { CodecName } from '../encoder/compress/codecs.js';
 import { GLANCE_OPTIONS, GLANCE_USAGE, glanceConnection } from './glance-options.js';
 
-export const NOW_USAGE = `usage: bmsnap now --mode kexec --glance NAME [glance options] [options]
+/** What both modes take from the command line. */
+export interface NowCommon {
+  name: string;
+  codec: CodecName;
+  properties: Record<string, string>;
+  visibility: 'private' | 'shared' | 'community' | 'public';
+}
+
+export const NOW_USAGE = `usage: bmsnap now --mode kexec|live --glance NAME [glance options] [options]
 
 Snapshots this node into a new Glance image from inside its running OS (as root).
+
+--mode live: keeps the node running. Filesystems on LVM volumes get a point-in-time copy
+(device-mapper snapshot, copy-on-write store in RAM or on --cow-device) taken in a freeze of
+well under a second; read-write plain partitions (/boot, the ESP) stay frozen or read-only for
+the capture. The image is the disk as it was at that instant. Refused when / is not on LVM.
 
 --mode kexec: creates the image (prints its id), loads the bmsnap ramdisk with kexec and shuts
 the node down into it; the ramdisk images the idle disk holding / and kexecs back into this
@@ -23,7 +37,7 @@ snapshot plus two kexecs. Refused when not root, without kexec, under kernel loc
 Boot, or when the disk holding / cannot be found.
 
 options:
-      --mode MODE             kexec
+      --mode MODE             live or kexec
   -c, --compress CODEC        zstd (default), zlib (any qemu), none
       --ramdisk-kernel PATH   the bmsnap ramdisk (default: the bundle's ramdisk/bmsnap.kernel)
       --ramdisk-initramfs PATH                (default: the bundle's ramdisk/bmsnap.initramfs)
@@ -31,6 +45,9 @@ options:
       --return-kernel PATH    kernel to come back to (default: the running one, from /boot)
       --return-initrd PATH    its initrd (default: /boot/initrd.img-$(uname -r) and the like)
       --no-return             reboot through the firmware after the snapshot instead
+      --cow-device DEV        live: a spare block device (not on the disk imaged) for the
+                              copy-on-write store instead of RAM; its content is overwritten
+  -q, --quiet                 live: no progress output
   -h, --help                  this help
 
 glance options (the token is handed over in RAM only, never written to a disk):
@@ -46,24 +63,36 @@ export async function nowCommand(argv: string[], signal: AbortSignal): Promise<v
       mode: { type: 'string' }, compress: { type: 'string', short: 'c' }, help: { type: 'boolean', short: 'h' },
       'ramdisk-kernel': { type: 'string' }, 'ramdisk-initramfs': { type: 'string' }, 'ramdisk-append': { type: 'string' },
       'return-kernel': { type: 'string' }, 'return-initrd': { type: 'string' }, 'no-return': { type: 'boolean' },
+      'cow-device': { type: 'string' }, quiet: { type: 'boolean', short: 'q' },
       ...GLANCE_OPTIONS,
     },
   }));
   if (values.help) { process.stdout.write(NOW_USAGE + '\n'); return; }
   if (positionals.length) throw new UsageError(`now takes no SOURCE: it images the disk holding / (got "${positionals[0]}")`);
-  if (!values.mode) throw new UsageError('missing --mode kexec (see bmsnap now --help)');
-  // Live capture (freeze + LVM/dm snapshot) is designed but not built yet: say so plainly.
-  if (values.mode === 'live') throw new UsageError('--mode live is not available yet; use --mode kexec (a few minutes offline) or the operator\'s Ironic snapshot step');
-  choice(values.mode, ['kexec'], '--mode');
+  if (!values.mode) throw new UsageError('missing --mode live or --mode kexec (see bmsnap now --help)');
+  const mode = choice(values.mode, ['live', 'kexec'], '--mode');
   if (!values.glance) throw new UsageError('missing --glance NAME');
-  const codec = choice(values.compress ?? 'zstd', ['zstd', 'zlib', 'none'], '--compress');
-  const properties = keyValues(values.property ?? [], '--property');
-  const visibility = choice(values.visibility ?? 'private', ['private', 'shared', 'community', 'public'], '--visibility');
+  const common: NowCommon = {
+    name: values.glance,
+    codec: choice(values.compress ?? 'zstd', ['zstd', 'zlib', 'none'], '--compress') as CodecName,
+    properties: keyValues(values.property ?? [], '--property'),
+    visibility: choice(values.visibility ?? 'private', ['private', 'shared', 'community', 'public'], '--visibility') as NowCommon['visibility'],
+  };
+  const misplaced = (flags: string[]) => flags.filter((f) => values[f as keyof typeof values] !== undefined).map((f) => `--${f}`);
+  if (mode === 'live') {
+    const wrong = misplaced(['ramdisk-kernel', 'ramdisk-initramfs', 'ramdisk-append', 'return-kernel', 'return-initrd', 'no-return']);
+    if (wrong.length) throw new UsageError(`${wrong.join(', ')}: kexec mode only`);
+    const { liveNow } = await import('./now-live.js');
+    return liveNow(values, common, signal);
+  }
+  const wrong = misplaced(['cow-device', 'quiet']);
+  if (wrong.length) throw new UsageError(`${wrong.join(', ')}: live mode only`);
+  const { codec, properties, visibility } = common;
   if (values['no-return'] && (values['return-kernel'] || values['return-initrd'])) throw new UsageError('--no-return and --return-kernel/--return-initrd exclude each other');
 
   // --- can this node do it? (every check before anything is created) ---
   const pre = await import('../inband/preflight.js');
-  pre.checkRoot();
+  pre.checkRoot('kexec');
   await pre.checkKexecKernel();
   const kexec = await pre.findKexec();
   await pre.checkNotLockedDown();

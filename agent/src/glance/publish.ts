@@ -34,6 +34,8 @@ export interface PublishOptions {
    * conductor plugin) owns it, verifies it and deletes it on failure; no retries here.
    */
   imageId?: string;
+  /** The used-block map, if the caller built it (live capture adds its volumes to it). */
+  map?: DiskMap;
   progress?: Progress;
   signal?: AbortSignal;
   log?: Logger;
@@ -48,8 +50,8 @@ export interface PublishResult {
 const GiB = 2 ** 30;
 
 export async function publishToGlance(source: Source, client: GlanceClient, opts: PublishOptions): Promise<PublishResult> {
-  const map = await buildDiskMap(source, source.sectorSize);
-  for (const w of map.warnings) opts.log?.warn(w);
+  const map = opts.map ?? await buildDiskMap(source, source.sectorSize);
+  if (!opts.map) for (const w of map.warnings) opts.log?.warn(w);
   const retries = opts.imageId ? 0 : opts.retries ?? 2;
   // Failed images whose DELETE failed too (Glance unreachable): tried again before each retry and
   // at the end; the final error names any still left, so the user can remove them.

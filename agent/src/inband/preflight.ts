@@ -7,8 +7,13 @@ import { RefusedError } from '../errors.js';
 
 const EFI_SECURE_BOOT = 'SecureBoot-8be4df61-93ca-11d2-aa0d-e98c0330b116';
 
-export function checkRoot(uid = process.getuid?.()): void {
-  if (uid !== 0) throw new RefusedError(`kexec mode must run as root (uid ${uid ?? 'unknown'}): it loads a kernel and shuts the node down`);
+const ROOT_REASON = {
+  kexec: 'it loads a kernel and shuts the node down',
+  live: 'it suspends volumes and creates device-mapper snapshots',
+};
+
+export function checkRoot(mode: keyof typeof ROOT_REASON = 'kexec', uid = process.getuid?.()): void {
+  if (uid !== 0) throw new RefusedError(`${mode} mode must run as root (uid ${uid ?? 'unknown'}): ${ROOT_REASON[mode]}`);
 }
 
 /** The first executable `kexec` on PATH. */

@@ -7,6 +7,7 @@ import { complement, normalize, shift, totalLength, type Extent } from './extent
 import { probeFilesystem } from './filesystems/index.js';
 import type { FsUsage } from './filesystems/types.js';
 import type { Partition } from './partition.js';
+import type { VolumeReport } from './volumes.js';
 import { readPartitionTable } from './partition-table.js';
 
 export interface PartitionReport extends Partition {
@@ -29,6 +30,8 @@ export interface DiskMap {
   /** Absolute, normalized extents of everything to copy. */
   used: Extent[];
   usedBytes: number;
+  /** Logical volumes mapped by their own filesystems (live capture of LVM; see volumes.ts). */
+  volumes?: VolumeReport[];
   warnings: string[];
 }
 

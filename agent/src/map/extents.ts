@@ -88,3 +88,10 @@ export function bitmapToExtents(
   if (runStart >= 0) out.push({ offset: base + runStart * unitSize, length: (units - runStart) * unitSize });
   return out;
 }
+
+/** The parts of `a` not covered by `b` (both normalized). */
+export function subtract(a: readonly Extent[], b: readonly Extent[]): Extent[] {
+  const end = Math.max(0, ...a.map((e) => e.offset + e.length));
+  const keep = complement(b, end);
+  return a.flatMap((e) => clip(keep, e.offset, e.length));
+}

@@ -4,10 +4,11 @@
 // unmounted; the caller images the overlay. The snapshot target never writes to its origin, so
 // the disk stays byte-identical (the VM test proves it by hash). Needs root, dm-snapshot and loop
 // (the ramdisk has both); the disk must not be mounted (offline capture).
-import { execa } from 'execa';
-import { mkdir, open, readFile, rm, rmdir, stat } from 'node:fs/promises';
+import { mkdir, rmdir, stat } from 'node:fs/promises';
 import { freemem } from 'node:os';
 import type { Logger } from 'pino';
+import { dmsetup, requireSnapshotTarget, runTool } from '../blockdev/dmsetup.js';
+import { ramCowStore } from '../blockdev/ram-cow.js';
 import { BmsnapError } from '../errors.js';
 import type { DiskMap } from '../map/build-map.js';
 import { looksLikeLinuxRoot, scrubTree, type Removal, type ScrubOperation } from './operations.js';
@@ -35,13 +36,8 @@ export interface ScrubResult {
 }
 
 const SECTOR = 512;
-const env = { ...process.env, DM_DISABLE_UDEV: '1' };   // no udev in the ramdisk: libdevmapper makes the nodes
-
-async function run(cmd: string, args: string[]): Promise<string> {
-  const r = await execa(cmd, args, { reject: false, env, stdin: 'ignore' });
-  if (r.exitCode !== 0) throw new ScrubError(`${cmd} ${args.join(' ')}: ${(String(r.stderr).trim() || `exit ${r.exitCode}`).split('\n')[0]}`);
-  return String(r.stdout).trim();
-}
+const fail = (m: string) => new ScrubError(m);
+const run = (cmd: string, args: string[]) => runTool(cmd, args, fail);
 
 /**
  * Runs FN with the path of a scrubbed copy-on-write view of DEVICE (whose used-block map is MAP),
@@ -53,7 +49,7 @@ export async function withScrubbedOverlay<T>(device: string, map: DiskMap, opts:
   const cowFile = `${work}/${name}.cow`;
   const undo: (() => Promise<unknown>)[] = [];
   try {
-    await requireSnapshotTarget();
+    await requireSnapshotTarget('scrub', (m) => new ScrubError(`${m}: run it in the bmsnap ramdisk or on a kernel with dm`));
     // The snapshot target's origin must be a block device: a raw image file gets a read-only loop.
     let origin = device;
     if (!(await stat(device)).isBlockDevice()) {
@@ -61,15 +57,11 @@ export async function withScrubbedOverlay<T>(device: string, map: DiskMap, opts:
       undo.push(() => run('losetup', ['-d', origin]));
     }
     await mkdir(work, { recursive: true });
-    // Sparse: RAM is used only for what the scrub writes. Its cap is the tmpfs's.
-    const fh = await open(cowFile, 'wx', 0o600);
-    undo.push(() => rm(cowFile, { force: true }));
-    await fh.truncate(Math.min(map.size, Math.max(256 * 2 ** 20, Math.floor(freemem() / 2)))).finally(() => fh.close());
-    const cow = await run('losetup', ['-f', '--show', cowFile]);
-    undo.push(() => run('losetup', ['-d', cow]));
+    const cow = await ramCowStore(cowFile, Math.min(map.size, Math.max(256 * 2 ** 20, Math.floor(freemem() / 2))), fail);
+    undo.push(() => cow.dispose());
     // non-persistent (N) snapshot, 4 KiB chunks
-    await run('dmsetup', ['create', name, '--table', `0 ${map.size / SECTOR} snapshot ${origin} ${cow} N 8`]);
-    undo.push(() => run('dmsetup', ['remove', '--retry', name]));
+    await dmsetup(['create', name, '--table', `0 ${map.size / SECTOR} snapshot ${origin} ${cow.device} N 8`], fail);
+    undo.push(() => dmsetup(['remove', '--retry', name], fail));
     const overlay = `/dev/mapper/${name}`;
     const base = undo.length;
 
@@ -77,8 +69,8 @@ export async function withScrubbedOverlay<T>(device: string, map: DiskMap, opts:
     for (const p of map.partitions) {
       if (p.fs !== 'ext4' && p.fs !== 'ext3' && p.fs !== 'ext2' && p.fs !== 'xfs') continue;
       const part = `${name}-p${p.index}`;
-      await run('dmsetup', ['create', part, '--table', `0 ${p.size / SECTOR} linear ${overlay} ${p.start / SECTOR}`]);
-      undo.push(() => run('dmsetup', ['remove', '--retry', part]));
+      await dmsetup(['create', part, '--table', `0 ${p.size / SECTOR} linear ${overlay} ${p.start / SECTOR}`], fail);
+      undo.push(() => dmsetup(['remove', '--retry', part], fail));
       const mnt = `${work}/${part}`;
       await mkdir(mnt, { recursive: true });
       await run('mount', ['-t', p.fs, '-o', p.fs === 'xfs' ? 'rw,nouuid' : 'rw', `/dev/mapper/${part}`, mnt]);
@@ -103,16 +95,6 @@ export async function withScrubbedOverlay<T>(device: string, map: DiskMap, opts:
     return await fn(overlay, result);
   } finally {
     for (const u of undo.reverse()) await u().catch((err: unknown) => opts.log?.warn({ error: (err as Error).message }, 'scrub overlay teardown'));
-  }
-}
-
-/** dm-snapshot present (loaded on demand), or a clear error instead of dmsetup's. */
-async function requireSnapshotTarget(): Promise<void> {
-  await execa('modprobe', ['-q', 'dm_snapshot'], { reject: false, stdin: 'ignore' }).catch(() => undefined);
-  const targets = await execa('dmsetup', ['targets'], { reject: false, env, stdin: 'ignore' }).catch(() => undefined);
-  const misc = await readFile('/proc/misc', 'utf8').catch(() => '');
-  if (!targets || targets.exitCode !== 0 || !/^snapshot\s/m.test(String(targets.stdout)) || !/device-mapper/.test(misc)) {
-    throw new ScrubError('scrub needs device-mapper with the snapshot target (dm_snapshot), which this system lacks: run it in the bmsnap ramdisk or on a kernel with dm');
   }
 }
 

@@ -26,7 +26,7 @@ export async function openSource(path: string): Promise<Source> {
     let kind: Source['kind'];
     if (st.isBlockDevice()) {
       kind = 'block-device';
-      const sys = `/sys/dev/block/${major(st.rdev)}:${minor(st.rdev)}`;
+      const sys = `/sys/dev/block/${devMajMin(st.rdev)}`;
       size = Number((await readFile(`${sys}/size`, 'utf8')).trim()) * 512;
       sectorSize = await readFile(`${sys}/queue/logical_block_size`, 'utf8')
         .then((s) => Number(s.trim()))
@@ -76,6 +76,11 @@ class FileSource implements Source {
   close(): Promise<void> {
     return this.fh.close();
   }
+}
+
+/** "MAJ:MIN" of a device number (as /sys/dev/block and /proc/self/mountinfo write it). */
+export function devMajMin(dev: number): string {
+  return `${major(dev)}:${minor(dev)}`;
 }
 
 // Linux dev_t encoding (glibc's gnu_dev_major/minor).
