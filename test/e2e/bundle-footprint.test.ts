@@ -57,6 +57,7 @@ const jobDir = join(work, 'job');
 await mkdir(jobDir);
 await copyFile(bundle.path, join(jobDir, 'bmsnap'));
 await copyFile(join(REPO_ROOT, 'test/lib/footprint-job.sh'), join(jobDir, 'job.sh'));
+await copyFile(join(REPO_ROOT, 'test/lib/guest-lib.sh'), join(jobDir, 'guest-lib.sh'));
 await writeFile(join(jobDir, 'job.env'), `GLANCE_URL=http://${GUEST_HOST_IP}:${glance.port}\nIMAGE_NAME=${imageName}\n`);
 const jobDisk = join(work, 'job.img');
 await execa('mkfs.ext4', ['-q', '-F', '-L', 'job', '-d', jobDir, jobDisk, '160M']);

@@ -63,6 +63,7 @@ await t.test('setup: bundle with the ramdisk, the node\'s disk, Glance, the job 
   await mkdir(jobDir);
   await copyFile(bundle.path, join(jobDir, 'bmsnap'));
   await copyFile(join(REPO_ROOT, 'test/lib/inband-kexec-job.sh'), join(jobDir, 'job.sh'));
+  await copyFile(join(REPO_ROOT, 'test/lib/guest-lib.sh'), join(jobDir, 'guest-lib.sh'));
   await writeFile(join(jobDir, 'job.env'),
     `GLANCE_URL=http://${GUEST_HOST_IP}:${glance.port}\nFAULT_URL=http://${GUEST_HOST_IP}:${proxy.port}\nIMAGE_NAME=${imageName}\nOS_TOKEN=${token}\nFILE_DATA=${fileData}\n`);
   jobDisk = join(work, 'job.img');

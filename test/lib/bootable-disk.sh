@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds a small disk that BOOTS, to prove a snapshot boots again:
-#   test/lib/bootable-disk.sh OUT.raw MARKER
+#   test/lib/bootable-disk.sh OUT.raw MARKER [--lvm]
 # GPT: 1 MiB BIOS boot partition (GRUB's core image), a 32 MiB ESP (vfat, with a file written
 # by mtools), and an ext4 root holding the Debian kernel the ramdisk uses, a tiny initramfs
 # (busybox + virtio/ext4 modules) that mounts the root read-only and switch_roots into its
@@ -12,8 +12,26 @@
 # virtio_net is loaded for it). Prints the payload hash, then the machine id. GRUB (i386-pc) is
 # installed on the loop device, so SeaBIOS boots the disk like a server's firmware would. Needs
 # root (loop device, ext4 mount).
+#
+# --lvm: the layout of a server whose root is a logical volume (for the live-snapshot test),
+# 384 MiB: BIOS boot, the same ESP, p3 a 64 MiB ext4 "boot" holding /vmlinuz, /initrd.img and
+# /grub, p4 an LVM PV with VG bmsnapvg and LV root (80% of the VG: free extents stay for
+# snapshots) holding the same root tree minus the kernel and GRUB, plus empty /boot and /boot/efi
+# for the job to mount. The initramfs also carries the host's lvm and activates the VG itself (no
+# udev: lvm makes the /dev/mapper nodes), and it loads dm_snapshot, loop and vfat for the running
+# OS: the root has no modules of its own. A third line on stdout, "lv-offset=BYTES lv-size=BYTES",
+# says where the LV lies in the whole image (as test/lib/lvm-image.sh reads it from the metadata).
+# The metadata is written by the host's lvm confined to this disk's PV, without device-mapper (the
+# host kernel may have none) and without leaving anything behind (no backups, hints, devices file
+# or lock dir of the host's).
 set -euo pipefail
-out=$1 marker=$2
+out=$1 marker=$2 layout=plain
+case ${3:-} in
+  '') ;;
+  --lvm) layout=lvm ;;
+  *) echo "usage: $0 OUT.raw MARKER [--lvm]" >&2; exit 2 ;;
+esac
+vg=bmsnapvg lv=root
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${BMSNAP_RAMDISK_CACHE:-/var/cache/bmsnap/ramdisk}
 say() { echo "bootable-disk: $*" >&2; }
@@ -23,10 +41,14 @@ fetch_kernel_deb
 extract_kernel
 
 work=$(mktemp -d)
-loop=
+loop= lvloop= pvid=
 cleanup() {
   mountpoint -q "$work/mnt" && umount "$work/mnt"
+  mountpoint -q "$work/bootfs" && umount "$work/bootfs"
+  [ -n "$lvloop" ] && losetup -d "$lvloop"
   [ -n "$loop" ] && losetup -d "$loop"
+  # On a host with udev, its lvm rules record the PV as online (pvscan --cache); forget it.
+  [ -n "$pvid" ] && rm -f "/run/lvm/pvs_online/$pvid"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -36,35 +58,93 @@ ir=$work/initrd
 mkdir -p "$ir"/{bin,proc,sys,dev,newroot}
 cp /bin/busybox "$ir/bin/busybox"
 for a in sh mount umount sleep switch_root modprobe cat echo ls; do ln -s busybox "$ir/bin/$a"; done
-copy_modules "$ir" virtio_pci virtio_blk ext4 crc32c_generic virtio_net
-cat > "$ir/init" <<'EOF'
+# With --lvm, also what the running OS needs (it has no modules of its own): dm and loop for live
+# snapshots with dmsetup, vfat for the ESP with this kernel's FAT defaults (codepage 437, iocharset
+# ascii). And lvm itself, with its libraries.
+os_modules="dm_mod dm_snapshot loop vfat nls_cp437 nls_iso8859_1 nls_ascii"
+if [ "$layout" = lvm ]; then
+  cp /usr/sbin/lvm "$ir/bin/lvm"
+  for l in $(libs_of /usr/sbin/lvm); do mkdir -p "$ir$(dirname "$l")" && cp -L "$l" "$ir$l"; done
+else
+  os_modules=
+fi
+copy_modules "$ir" virtio_pci virtio_blk ext4 crc32c_generic virtio_net $os_modules
+{
+  cat <<'EOF'
 #!/bin/sh
 export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
 modprobe -a virtio_pci virtio_blk crc32c_generic ext4 virtio_net
+EOF
+  # No udev in here: lvm must create the /dev/mapper nodes itself. The PV's disk may still be
+  # appearing, hence the retries.
+  if [ "$layout" = lvm ]; then cat <<EOF
+modprobe -a $os_modules
+mkdir -p /run/lock/lvm
+for i in \$(seq 1 50); do
+  lvm vgchange -ay --config 'activation{udev_sync=0 udev_rules=0 monitoring=0} devices{obtain_device_list_from_udev=0} global{locking_dir="/run/lock/lvm" use_lvmpolld=0} backup{backup=0 archive=0}' $vg >/dev/null 2>/run/vgchange.err && [ -b /dev/mapper/$vg-$lv ] && break
+  sleep 0.1
+done
+[ -b /dev/mapper/$vg-$lv ] || cat /run/vgchange.err
+EOF
+  fi
+  cat <<'EOF'
 root=$(for w in $(cat /proc/cmdline); do case $w in root=*) echo "${w#root=}";; esac; done)
 for i in $(seq 1 100); do [ -b "$root" ] && break; sleep 0.1; done
 mount -t ext4 -o ro "$root" /newroot || { echo "BMSNAP-MARKER-FAIL cannot mount $root"; sleep 2; echo o > /proc/sysrq-trigger; }
 umount /proc /sys; mount --move /dev /newroot/dev 2>/dev/null || umount /dev
 exec switch_root /newroot /sbin/bmsnap-marker
 EOF
+} > "$ir/init"
 chmod 755 "$ir/init"
 pack_initramfs "$ir" "$work/initrd.zst" >/dev/null
 
 # the disk
+if [ "$layout" = lvm ]; then
+  size=384M last=4 rest=(-n3:0:+64M -t3:8300 -c3:boot -n4:0:0 -t4:8e00 -c4:lvm)
+else
+  size=256M last=3 rest=(-n3:0:0 -t3:8300 -c3:root)
+fi
 rm -f "$out"
-truncate -s 256M "$out"
-sgdisk -n1:2048:+1M -t1:ef02 -c1:bios -n2:0:+32M -t2:ef00 -c2:esp -n3:0:0 -t3:8300 -c3:root "$out" >/dev/null
+truncate -s $size "$out"
+sgdisk -n1:2048:+1M -t1:ef02 -c1:bios -n2:0:+32M -t2:ef00 -c2:esp "${rest[@]}" "$out" >/dev/null
 loop=$(losetup -f --show -P "$out")
 partx -a "$loop" 2>/dev/null || true
-for i in $(seq 1 50); do [ -b "${loop}p2" ] && [ -b "${loop}p3" ] && break; sleep 0.1; done
+for i in $(seq 1 50); do [ -b "${loop}p2" ] && [ -b "${loop}p$last" ] && break; sleep 0.1; done
 mkfs.vfat -n ESP "${loop}p2" >/dev/null 2>&1
 printf 'bmsnap test ESP %s\n' "$marker" > "$work/esp.txt"
 mmd -i "${loop}p2" ::/EFI && mcopy -i "${loop}p2" "$work/esp.txt" ::/EFI/marker.txt
-mkfs.ext4 -q -L root "${loop}p3"
-mkdir -p "$work/mnt" && mount "${loop}p3" "$work/mnt"
+if [ "$layout" = lvm ]; then
+  # The host's lvm sees p4 alone (filters), needs no device-mapper (activation=0: the LV is
+  # created inactive and not zeroed) and writes nothing of its own: no metadata backups, no
+  # hints, no devices file, no lock dir. Not autoactivated (a host with udev and dm would
+  # otherwise activate it while we write it); the guest's /init activates it explicitly.
+  pv=${loop}p4
+  lvmconf="devices{filter=[\"a|^$pv\$|\",\"r|.*|\"] global_filter=[\"a|^$pv\$|\",\"r|.*|\"] use_devicesfile=0 hints=\"none\" obtain_device_list_from_udev=0}
+    global{activation=0 event_activation=0 use_lvmpolld=0} backup{backup=0 archive=0}
+    activation{udev_sync=0 udev_rules=0 monitoring=0}"
+  host_lvm() {   # (quiet unless it fails: every command warns that activation is disabled)
+    LVM_SUPPRESS_FD_WARNINGS=1 lvm "$1" --nolocking --config "$lvmconf" "${@:2}" 2>"$work/lvm.err" || { cat "$work/lvm.err" >&2; die "lvm $1 failed"; }
+  }
+  host_lvm pvcreate "$pv" >/dev/null
+  pvid=$(host_lvm pvs --noheadings -o pv_uuid "$pv" | tr -d ' -')
+  host_lvm vgcreate --setautoactivation n "$vg" "$pv" >/dev/null
+  host_lvm lvcreate -an -Zn -Wn -l 80%VG -n "$lv" "$vg" >/dev/null
+  # the root file system goes straight into the LV's extents, found the way a test finds them
+  read -r lv_off lv_size < <(bash "$here/lvm-image.sh" "$out" "$vg" "$lv") || die "cannot locate $vg/$lv in $out"
+  lvloop=$(losetup -f --show -o "$lv_off" --sizelimit "$lv_size" "$out")
+  rootdev=$lvloop bootdir=$work/bootfs kdir= rootarg=/dev/mapper/$vg-$lv
+  mkfs.ext4 -q -L boot "${loop}p3"
+  mkdir -p "$bootdir" && mount "${loop}p3" "$bootdir"
+else
+  rootdev=${loop}p3 bootdir=$work/mnt/boot kdir=/boot rootarg=/dev/vda3
+fi
+mkfs.ext4 -q -L root "$rootdev"
+mkdir -p "$work/mnt" && mount "$rootdev" "$work/mnt"
 r=$work/mnt
-mkdir -p "$r"/{bin,sbin,etc,proc,sys,dev,boot/grub}
+mkdir -p "$r"/{bin,sbin,etc,proc,sys,dev} "$bootdir/grub"
+# (mount points: the live-snapshot job mounts p3 and the ESP itself)
+if [ "$layout" = lvm ]; then mkdir -p "$r/boot/efi"; fi
 cp /bin/busybox "$r/bin/busybox"
 ln -s busybox "$r/bin/sh"
 # some content worth copying: 8 MiB of pseudo-random bytes whose hash the marker prints
@@ -109,18 +189,19 @@ $b sync
 $b poweroff -f
 EOF
 chmod 755 "$r/sbin/bmsnap-marker"
-cp "$ktree/boot/vmlinuz-$kver" "$r/boot/vmlinuz"
-cp "$work/initrd.zst" "$r/boot/initrd.img"
-cat > "$r/boot/grub/grub.cfg" <<'EOF'
+cp "$ktree/boot/vmlinuz-$kver" "$bootdir/vmlinuz"
+cp "$work/initrd.zst" "$bootdir/initrd.img"
+cat > "$bootdir/grub/grub.cfg" <<EOF
 set timeout=0
 serial --unit=0 --speed=115200
 terminal_output serial
-linux /boot/vmlinuz console=ttyS0 root=/dev/vda3 panic=-1 quiet
-initrd /boot/initrd.img
+linux $kdir/vmlinuz console=ttyS0 root=$rootarg panic=-1 quiet
+initrd $kdir/initrd.img
 boot
 EOF
-grub-install --target=i386-pc --boot-directory="$r/boot" --modules="part_gpt ext2 biosdisk serial" "$loop" 2>&1 \
+grub-install --target=i386-pc --boot-directory="$bootdir" --modules="part_gpt ext2 biosdisk serial" "$loop" 2>&1 \
   | grep -v "warning: " >&2 || true
-[ -f "$r/boot/grub/i386-pc/core.img" ] || die "grub-install failed"
+[ -f "$bootdir/grub/i386-pc/core.img" ] || die "grub-install failed"
 sha256sum "$r/etc/bmsnap-payload" | cut -c1-64
 cat "$r/etc/machine-id"
+if [ "$layout" = lvm ]; then echo "lv-offset=$lv_off lv-size=$lv_size"; fi

@@ -10,16 +10,11 @@ job=$1
 /bin/busybox mkdir -p /dev/.bin && /bin/busybox --install -s /dev/.bin
 export PATH=/dev/.bin
 . "$job/job.env"
-say() { echo "BMSNAP-JOB $*"; }
+. "$job/guest-lib.sh"
 now() { cut -d' ' -f1 /proc/uptime; }
 
-mount -t sysfs sysfs /sys
-mkdir -p /dev/shm && mount -t tmpfs -o mode=1777 tmpfs /dev/shm
-printf '#!/bin/sh\n[ "$1" = bound ] && ip addr add "$ip/${mask:-24}" dev "$interface"\nexit 0\n' > /dev/.dhcp
-chmod 755 /dev/.dhcp
-ip link set lo up && ip link set eth0 up
-udhcpc -i eth0 -q -n -t 10 -s /dev/.dhcp >/dev/null 2>&1 || say "dhcp failed"
-say "network $(ip -o -4 addr show dev eth0 | awk '{print $4}')"
+shm_up
+os_up
 
 # every entry of the root tree: name (and link target), type, mode, owner, size, mtime, ctime, sha256
 tree() {

@@ -15,16 +15,7 @@ job=$1
 export PATH=/dev/.bin
 . "$job/job.env"
 export OS_TOKEN
-say() { echo "BMSNAP-JOB $*"; }
-
-os_up() {
-  mount -t sysfs sysfs /sys
-  printf '#!/bin/sh\n[ "$1" = bound ] && ip addr add "$ip/${mask:-24}" dev "$interface"\nexit 0\n' > /dev/.dhcp
-  chmod 755 /dev/.dhcp
-  ip link set lo up && ip link set eth0 up
-  udhcpc -i eth0 -q -n -t 10 -s /dev/.dhcp >/dev/null 2>&1 || say "dhcp failed"
-  say "network $(ip -o -4 addr show dev eth0 | awk '{print $4}')"
-}
+. "$job/guest-lib.sh"
 now() {   # NAME URL
   say "handover starting ($1)"
   "$job/bmsnap" now --mode kexec --glance "$1" --glance-url "$2" > /dev/shm/now.out
@@ -32,7 +23,7 @@ now() {   # NAME URL
   say done
 }
 
-mkdir -p /dev/shm && mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+shm_up
 result=$(for w in $(cat /proc/cmdline); do case $w in bmsnap.result=*) echo "${w#bmsnap.result=}";; esac; done)
 case $result in
   ok:*)

@@ -2,6 +2,7 @@
 // held still, the LVM volumes get device-mapper snapshots in a short freeze, and the source
 // reads the disk with each snapshotted volume's extents taken from its snapshot - the disk as it
 // was in the freeze, while the node goes on writing. release() undoes everything.
+import { execa } from 'execa';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
@@ -47,6 +48,9 @@ export async function ramDirForCow(): Promise<{ dir: string; dispose(): Promise<
 }
 
 export async function startLiveCapture(plan: LivePlan, cow: CowPlace, log?: Logger): Promise<LiveCapture> {
+  // Flush everything first (before anything is frozen: sync and frozen filesystems are best kept
+  // apart), so that the freezes have little left to write.
+  await execa('sync', { reject: false, stdin: 'ignore' });
   const still = await holdStill(plan.plain, log);
   let set: Awaited<ReturnType<typeof snapshotVolumes>> | undefined;
   const opened: Source[] = [];

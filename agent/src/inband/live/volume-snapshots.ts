@@ -7,7 +7,6 @@
 // keeps reading the volume as it was in that window. Nothing is written to the disk's LVM
 // metadata and no extents are allocated: the image shows the volume group untouched.
 // Teardown puts the volumes' own tables back and removes everything, whatever happened.
-import { execa } from 'execa';
 import { freemem } from 'node:os';
 import type { Logger } from 'pino';
 import { dmsetup } from '../../blockdev/dmsetup.js';
@@ -72,8 +71,8 @@ export async function snapshotVolumes(volumes: readonly VolumePlan[], cow: CowPl
       prepared.push({ v, real: await majMin(real), cow: store.device, snap: `${prefix}-${i}-snap`, sectors: sectors[i]! });
     }
 
-    // --- the freeze window: as little as possible between suspend and resume ---
-    await execa('sync', { reject: false, stdin: 'ignore' });   // flush first, so the suspend has little to write
+    // --- the freeze window: as little as possible between suspend and resume (the caller
+    // synced first, so the suspend has little left to flush) ---
     const suspended: VolumePlan[] = [];
     const swapped: typeof prepared = [];
     const t0 = process.hrtime.bigint();

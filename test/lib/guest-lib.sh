@@ -1,0 +1,18 @@
+# Sourced by the guest jobs (test/lib/*-job.sh) that run in the busybox "user OS" of
+# test/lib/bootable-disk.sh: what a distribution would have brought up (sysfs, a tmpfs on
+# /dev/shm, DHCP on eth0) and the console line format the tests wait for.
+say() { echo "BMSNAP-JOB $*"; }
+
+# A tmpfs on /dev/shm, as every distribution has (the bundle unpacks there, in RAM).
+shm_up() {
+  mkdir -p /dev/shm && mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+}
+
+os_up() {
+  mount -t sysfs sysfs /sys
+  printf '#!/bin/sh\n[ "$1" = bound ] && ip addr add "$ip/${mask:-24}" dev "$interface"\nexit 0\n' > /dev/.dhcp
+  chmod 755 /dev/.dhcp
+  ip link set lo up && ip link set eth0 up
+  udhcpc -i eth0 -q -n -t 10 -s /dev/.dhcp >/dev/null 2>&1 || say "dhcp failed"
+  say "network $(ip -o -4 addr show dev eth0 | awk '{print $4}')"
+}
