@@ -147,6 +147,7 @@ await t.test('the image boots in a fresh VM with the marker and the file', async
   const img = await glance!.getImage(id);
   t.equal(img.status, 'active', 'image active');
   t.equal(img.bmsnap_capture_method, 'inband-kexec', 'bmsnap_capture_method=inband-kexec');
+  t.equal(img.bmsnap_filesystems, '1:unknown,2:vfat,3:ext4', 'and the provenance the ramdisk learns from the disk (bmsnap_filesystems)');
   t.equal((await glance!.listImages()).filter((i) => i.name === imageName).length, 1, 'exactly one image (no orphans)');
   const qcow = join(work, 'image.qcow2');
   await glance!.downloadImage(id, qcow);

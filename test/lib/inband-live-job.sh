@@ -19,7 +19,8 @@ up() { cut -d' ' -f1 /proc/uptime; }
 
 shm_up
 os_up
-mount -t ext4 /dev/vda3 /boot && mount -t vfat /dev/vda2 /boot/efi
+# (/boot/efi as a distribution has it: a directory on the /boot filesystem)
+mount -t ext4 /dev/vda3 /boot && mkdir -p /boot/efi && mount -t vfat /dev/vda2 /boot/efi
 say "mounted $(grep -c ' /boot' /proc/mounts) boot filesystems; root on $(grep ' / ' /proc/mounts | cut -d' ' -f1)"
 
 # a refusal the node can really produce: a copy-on-write device on the disk being imaged

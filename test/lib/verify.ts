@@ -299,6 +299,13 @@ async function fsckDevice(fs: string, dev: string): Promise<{ ok: boolean; tool:
   return { ok: r.exitCode === 0, tool: tool[0], output: `${r.stdout}\n${r.stderr}`.trim() };
 }
 
+/** Checks the filesystem in bytes [OFFSET, +SIZE) of RAW (a logical volume, say) read-only. */
+export async function fsckWindow(raw: string, offset: number, size: number): Promise<{ fs: string | null; ok: boolean; tool: string; output: string }> {
+  const fs = await detectFs(raw, offset, size);
+  if (!fs) return { fs, ok: false, tool: 'none', output: 'no filesystem there' };
+  return { fs, ...await withReadOnlyWindow(raw, offset, size, (dev) => fsckDevice(fs, dev)) };
+}
+
 /** Checks every filesystem on RAW (read-only loop windows); partitions without one are skipped. */
 export async function fsckAll(raw: string): Promise<FsckResult[]> {
   const table = await readPartitionTable(raw);

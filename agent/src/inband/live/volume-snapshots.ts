@@ -9,7 +9,8 @@
 // Teardown puts the volumes' own tables back and removes everything, whatever happened.
 import { freemem } from 'node:os';
 import type { Logger } from 'pino';
-import { dmsetup } from '../../blockdev/dmsetup.js';
+import { execa } from 'execa';
+import { DM_ENV, dmsetup } from '../../blockdev/dmsetup.js';
 import { ramCowStore, type CowStore } from '../../blockdev/ram-cow.js';
 import { BmsnapError } from '../../errors.js';
 import { tableSectors, tableText } from './dm-table.js';
@@ -50,7 +51,7 @@ export async function snapshotVolumes(volumes: readonly VolumePlan[], cow: CowPl
   try {
     const sectors = volumes.map((v) => tableSectors(v.segments));
     const total = sectors.reduce((a, b) => a + b, 0);
-    const prepared: { v: VolumePlan; real: string; cow: string; snap: string; sectors: number }[] = [];
+    const prepared: { v: VolumePlan; snap: string }[] = [];
     let cowOffset = 0;
     for (const [i, v] of volumes.entries()) {
       const real = `${prefix}-${i}-real`;
@@ -68,45 +69,45 @@ export async function snapshotVolumes(volumes: readonly VolumePlan[], cow: CowPl
         store = { device: `/dev/mapper/${name}`, dispose: () => dmsetup(['remove', '--retry', name], fail).then(() => undefined) };
       }
       undo.push(() => store.dispose());
-      prepared.push({ v, real: await majMin(real), cow: store.device, snap: `${prefix}-${i}-snap`, sectors: sectors[i]! });
+      const snap = `${prefix}-${i}-snap`;
+      const realDev = await majMin(real);
+      // Everything loaded beforehand, inactive: the snapshot (non-persistent, 4 KiB chunks; not
+      // active until resumed, so writes meanwhile do not touch it) and the volume's new table.
+      await dmsetup(['create', snap, '--notable'], fail);
+      undo.push(() => dmsetup(['remove', '--retry', snap], fail));
+      await dmsetup(['load', snap, '--table', `0 ${sectors[i]!} snapshot ${realDev} ${store.device} N 8`], fail);
+      await dmsetup(['reload', v.name, '--table', `0 ${sectors[i]!} snapshot-origin ${realDev}`], fail);
+      undo.push(() => dmsetup(['clear', v.name], fail));   // drops the inactive table if never swapped in
+      prepared.push({ v, snap });
     }
 
-    // --- the freeze window: as little as possible between suspend and resume (the caller
-    // synced first, so the suspend has little left to flush) ---
-    const suspended: VolumePlan[] = [];
-    const swapped: typeof prepared = [];
+    // --- the freeze window: suspend the volumes (the kernel freezes their filesystems; the
+    // caller synced first, so there is little left to flush), then resume the snapshots and
+    // the volumes, which swaps their new tables in. Two dmsetup runs in one shell, in a process
+    // group of its own so that a Ctrl-C cannot stop it half-way; if the resume fails, the
+    // volumes get their own tables back and resume. ---
+    const names = (l: string[]) => l.map((n) => `'${n}'`).join(' ');
+    const origins = names(prepared.map((p) => p.v.name));
+    const script = `dmsetup suspend ${origins} || exit 3
+if dmsetup resume ${names(prepared.map((p) => p.snap))} ${origins}; then exit 0; fi
+for o in ${origins}; do dmsetup clear "$o"; dmsetup resume "$o"; done
+exit 4`;
     const t0 = process.hrtime.bigint();
-    let pointInTime = new Date();
-    let windowError: unknown;
-    try {
-      for (const p of prepared) {
-        await dmsetup(['suspend', p.v.name], fail);
-        suspended.push(p.v);
-      }
-      pointInTime = new Date();
-      for (const p of prepared) {
-        // non-persistent (N) snapshot, 4 KiB chunks
-        await dmsetup(['create', p.snap, '--table', `0 ${p.sectors} snapshot ${p.real} ${p.cow} N 8`], fail);
-        undo.push(() => dmsetup(['remove', '--retry', p.snap], fail));
-        await dmsetup(['reload', p.v.name, '--table', `0 ${p.sectors} snapshot-origin ${p.real}`], fail);
-        swapped.push(p);
-      }
-    } catch (err) {
-      windowError = err;
-    } finally {
-      // Resume whatever was suspended, whatever failed: a suspended root would hang the node.
-      for (const v of suspended) await dmsetup(['resume', v.name], fail).catch((err: Error) => { windowError ??= err; });
-    }
+    const pointInTime = new Date();
+    const window = await execa('sh', ['-c', script], { reject: false, env: DM_ENV, stdin: 'ignore', detached: true, cleanup: false });
     const freezeSeconds = Number(process.hrtime.bigint() - t0) / 1e9;
-    // Teardown (last in, first out) of a swapped volume: its own table back first, then its
+    if (window.exitCode !== 0) {
+      const why = String(window.stderr).trim().split('\n')[0] || `exit ${window.exitCode ?? window.signal}`;
+      throw new LiveCaptureError(`${window.exitCode === 3 ? 'suspending' : 'resuming'} ${prepared.map((p) => p.v.name).join(', ')} for the snapshot failed: ${why}`);
+    }
+    // Teardown (last in, first out): each volume gets its own table back first, then its
     // snapshot, store and "real" map go.
-    for (const p of swapped) {
+    for (const p of prepared) {
       undo.push(async () => {
         await dmsetup(['reload', p.v.name, '--table', tableText(p.v.segments)], fail);
         await dmsetup(['resume', p.v.name], fail);
       });
     }
-    if (windowError) throw windowError;
     log?.info({ volumes: volumes.map((v) => v.name), freezeSeconds }, 'point-in-time copy taken');
     const snapshots = prepared.map((p) => ({ volume: p.v, device: `/dev/mapper/${p.snap}` }));
     return {
