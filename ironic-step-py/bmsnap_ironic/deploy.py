@@ -48,6 +48,18 @@ def _is_snapshot(step):
     return bool(step) and step.get("interface") == "deploy" and step.get("step") == "snapshot"
 
 
+def _revoke_upload_credential(info):
+    """Deletes the snapshot's upload credential, if any, dropping it from INFO; True if it did.
+
+    (If Keystone does not answer, the id stays for the next try; the credential expires anyway.)
+    """
+    cred_id = info.get("upload_credential")
+    if cred_id and GlanceImages().delete_upload_credential(cred_id):
+        del info["upload_credential"]
+        return True
+    return False
+
+
 def _agent_commands(task):
     """The agent's command list, or None when the agent does not answer.
 
@@ -100,9 +112,19 @@ class BmsnapDeploy(agent.AgentDeploy):
         props.update(args["properties"])
         image = images.create(name, args["disk_format"], args["visibility"],
                               node.lessee or node.owner, props)
-        node.set_driver_internal_info(INFO, {"image_id": image["id"], "image_name": name,
-                                             "state": "uploading"})
+        info = {"image_id": image["id"], "image_name": name, "state": "uploading"}
+        node.set_driver_internal_info(INFO, info)
         node.save()
+        try:
+            token, cred_id = images.upload_credential(image["id"])
+        except Exception:
+            self._drop_image(task, "no upload credential")
+            raise
+        if cred_id:
+            # the id only (not secret): deleted when the snapshot ends, whichever way
+            info["upload_credential"] = cred_id
+            node.set_driver_internal_info(INFO, info)
+            node.save()
         step = dict(node.service_step or {"interface": "deploy", "step": "snapshot"})
         params = {
             "step": step,
@@ -110,7 +132,7 @@ class BmsnapDeploy(agent.AgentDeploy):
             "ports": [p.as_dict() for p in task.ports],
             "service_version": node.driver_internal_info.get("hardware_manager_version"),
             # Only here: in the body of this one request to the agent.
-            "bmsnap": {"glance_url": images.agent_endpoint, "token": images.token(),
+            "bmsnap": {"glance_url": images.agent_endpoint, "token": token,
                        "image_id": image["id"]},
         }
         try:
@@ -151,6 +173,7 @@ class BmsnapDeploy(agent.AgentDeploy):
             self._verify(task, info["image_id"], sent)
             info.update({"state": "active", "size": sent.get("size"),
                          "os_hash_value": sent.get("os_hash_value"), "progress": None})
+            _revoke_upload_credential(info)
         node.set_driver_internal_info(INFO, info)
         node.save()
 
@@ -176,6 +199,9 @@ class BmsnapDeploy(agent.AgentDeploy):
         node = task.node
         info = dict(node.driver_internal_info.get(INFO) or {})
         image_id = info.get("image_id")
+        if _revoke_upload_credential(info):
+            node.set_driver_internal_info(INFO, info)
+            node.save()
         if not image_id or info.get("state") in ("deleted", "active"):
             return
         try:

@@ -1,12 +1,18 @@
 """Glance calls the conductor makes for a snapshot, with the conductor's own [glance] credentials.
 
 The agent gets a token only inside the command parameters of the one command that uploads;
-nothing secret is stored on the node.
+nothing secret is stored on the node. With Keystone, that token is not the conductor's: it comes
+from an application credential made for this one snapshot, whose access rules let it read, tag
+and upload this one image and nothing else, and which is deleted when the snapshot ends.
 """
+
+import datetime
 
 from ironic.common import exception
 from ironic.common import keystone
 from keystoneauth1 import exceptions as ks_exc
+from keystoneauth1.identity import v3 as ks_v3
+from keystoneauth1 import plugin as ks_plugin
 from oslo_config import cfg
 
 CONF = cfg.CONF
@@ -15,6 +21,15 @@ CONF.register_opts([
                help="Glance endpoint as the ramdisk reaches it, when that differs from the "
                     "conductor's (e.g. a provisioning-network address or a NAT); default: the "
                     "endpoint the conductor uses."),
+    cfg.StrOpt("upload_credential", default="application_credential",
+               choices=["application_credential", "conductor_token"],
+               help="What the agent uploads with. application_credential: a token of an "
+                    "application credential made per snapshot, restricted by access rules to "
+                    "this image (Glance's [keystone_authtoken] needs service_type = image). "
+                    "conductor_token: the conductor's own [glance] token (broader)."),
+    cfg.IntOpt("upload_credential_hours", default=6, min=1,
+               help="Lifetime of a per-snapshot application credential, should its deletion "
+                    "at the end of the snapshot ever fail."),
 ], group="bmsnap")
 
 
@@ -36,12 +51,64 @@ class GlanceImages(object):
         url = (CONF.bmsnap.agent_glance_url or self.endpoint).rstrip("/")
         return url[:-3] if url.endswith("/v2") else url
 
-    def token(self):
-        """A token the agent can upload with (None when Glance runs without auth)."""
+    def _identity(self):
+        url = self._session.get_endpoint(auth=self._auth, interface=ks_plugin.AUTH_INTERFACE).rstrip("/")
+        return url if url.endswith("/v3") else url + "/v3"
+
+    def upload_credential(self, image_id):
+        """(token, application credential id) for the agent to upload IMAGE_ID with.
+
+        (None, None) when Glance runs without auth; (conductor token, None) when the operator
+        chose conductor_token.
+        """
         try:
-            return self._session.get_token(self._auth)
-        except Exception:  # noauth plugins have no token
-            return None
+            user_id = self._session.get_user_id(auth=self._auth)
+        except Exception:  # noauth plugins have no user and no token
+            return None, None
+        if not user_id:
+            return None, None
+        if CONF.bmsnap.upload_credential == "conductor_token":
+            return self._session.get_token(self._auth), None
+        path = "/v2/images/%s" % image_id
+        expires = (datetime.datetime.now(datetime.timezone.utc)
+                   + datetime.timedelta(hours=CONF.bmsnap.upload_credential_hours))
+        body = {"application_credential": {
+            "name": "bmsnap-upload-%s" % image_id,
+            "description": "bmsnap snapshot upload of image %s (deleted when it ends)" % image_id,
+            "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%S"),
+            "access_rules": [{"service": "image", "method": m, "path": p} for m, p in
+                             (("GET", path), ("PATCH", path), ("PUT", path + "/file"))],
+        }}
+        what = "creating the upload credential for image %s" % image_id
+        try:
+            resp = self._session.post("%s/users/%s/application_credentials" % (self._identity(), user_id),
+                                      json=body, auth=self._auth, raise_exc=False)
+        except ks_exc.ConnectionError as e:
+            raise SnapshotImageError(msg="%s: cannot connect to Keystone (%s)" % (what, type(e).__name__))
+        if resp.status_code != 201:
+            raise SnapshotImageError(msg="%s: Keystone answered %s (set [bmsnap]upload_credential = "
+                                         "conductor_token if application credentials are not allowed)"
+                                     % (what, resp.status_code))
+        cred = resp.json()["application_credential"]
+        try:
+            auth = ks_v3.ApplicationCredential(auth_url=self._identity(),
+                                               application_credential_id=cred["id"],
+                                               application_credential_secret=cred["secret"])
+            return self._session.get_token(auth=auth), cred["id"]
+        except Exception as e:
+            self.delete_upload_credential(cred["id"])
+            raise SnapshotImageError(msg="%s: no token from it (%s)" % (what, type(e).__name__))
+
+    def delete_upload_credential(self, cred_id):
+        """Deletes the credential (its tokens stop working); True when gone."""
+        try:
+            user_id = self._session.get_user_id(auth=self._auth)
+            resp = self._session.delete("%s/users/%s/application_credentials/%s"
+                                        % (self._identity(), user_id, cred_id),
+                                        auth=self._auth, raise_exc=False)
+            return resp.status_code in (204, 404)
+        except Exception:
+            return False
 
     def _request(self, method, path, what, **kwargs):
         try:

@@ -232,6 +232,35 @@ class GlanceImagesTest(unittest.TestCase):
     def test_endpoint_without_version(self):
         self.assertEqual(self.glance.GlanceImages().endpoint, "http://g:9292")
 
+    def test_upload_credential_without_auth(self):
+        g = self.glance.GlanceImages()
+        g._session.get_user_id.side_effect = RuntimeError("noauth has no user")
+        self.assertEqual(g.upload_credential("img"), (None, None))
+
+    def test_upload_credential_conductor_token_when_configured(self):
+        g = self.glance.GlanceImages()
+        g._session.get_user_id.return_value = "u1"
+        g._session.get_token.return_value = "conductor-token"
+        self.glance.CONF.set_override("upload_credential", "conductor_token", group="bmsnap")
+        self.addCleanup(self.glance.CONF.clear_override, "upload_credential", group="bmsnap")
+        self.assertEqual(g.upload_credential("img"), ("conductor-token", None))
+        g._session.post.assert_not_called()
+
+    def test_upload_credential_refused_is_one_line(self):
+        g = self.glance.GlanceImages()
+        g._session.get_user_id.return_value = "u1"
+        g._session.get_endpoint.return_value = "http://ks:5000"
+        g._session.post.return_value = mock.Mock(status_code=403)
+        with self.assertRaises(self.glance.SnapshotImageError) as cm:
+            g.upload_credential("img")
+        self.assertIn("creating the upload credential for image img: Keystone answered 403", str(cm.exception))
+        url = g._session.post.call_args[0][0]
+        self.assertEqual(url, "http://ks:5000/v3/users/u1/application_credentials")
+        rules = g._session.post.call_args[1]["json"]["application_credential"]["access_rules"]
+        self.assertEqual(sorted((r["method"], r["path"]) for r in rules),
+                         [("GET", "/v2/images/img"), ("PATCH", "/v2/images/img"),
+                          ("PUT", "/v2/images/img/file")])
+
     def test_unreachable_glance_is_one_line(self):
         from keystoneauth1 import exceptions as ks_exc
         g = self.glance.GlanceImages()

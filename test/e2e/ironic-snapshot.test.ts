@@ -123,6 +123,20 @@ if (stackUp) await t.test('snapshot of the GPT disk into Glance', async (t) => {
   t.match(img.bmsnap_filesystems, /ext4/, 'provenance: filesystems');
   t.equal(img.size, info.size, 'Glance size = what the agent reported');
   t.equal(img.os_hash_value, info.os_hash_value, 'Glance sha512 = what the agent reported');
+  t.equal(info.upload_credential, undefined, 'the upload credential is gone from the node');
+  t.same(await uploadCredentials(), [], 'and from Keystone (deleted once the image was verified)');
+  // Glance enforces access rules (service_type = image): a credential like the agent's reads
+  // its image and nothing else
+  const ks = stack.keystone!;
+  const admin = await ks.token('admin', ks.admin.password, 'admin');
+  const probe = (await ks.api('POST', `/users/${admin.userId}/application_credentials`, { application_credential: {
+    name: 'probe-access-rules', access_rules: [{ service: 'image', method: 'GET', path: `/v2/images/${info.image_id}` }] } }, admin.token)) as { application_credential: { id: string; secret: string } };
+  const pt = await fetch(`${ks.url}/v3/auth/tokens`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ auth: { identity: {
+    methods: ['application_credential'], application_credential: { id: probe.application_credential.id, secret: probe.application_credential.secret } } } }) });
+  const probeToken = pt.headers.get('x-subject-token') ?? '';
+  t.equal((await stack.glanceFetch(`/v2/images/${info.image_id}`, { headers: { 'x-auth-token': probeToken } })).status, 200, 'access-rule token: GET of its image 200');
+  t.equal((await stack.glanceFetch('/v2/images', { headers: { 'x-auth-token': probeToken } })).status, 401, 'access-rule token: listing images refused (401)');
+  await ks.api('DELETE', `/users/${admin.userId}/application_credentials/${probe.application_credential.id}`);
 
   const qcow = join(work, 'e2e-snap.qcow2');
   const dl = await stack.glanceFetch(`/v2/images/${info.image_id}/file`);
@@ -240,9 +254,23 @@ async function startBigSnapshot(name: string): Promise<{ uuid: string; ramdisk: 
   return { uuid, ramdisk, imageId };
 }
 
+/** The ironic user's application credentials (the plugin's per-snapshot upload credentials). */
+async function uploadCredentials(): Promise<{ id: string; name: string; access_rules: { service: string; method: string; path: string }[] }[]> {
+  const ks = stack.keystone!;
+  const users = (await ks.api('GET', '/users?name=ironic')) as { users: { id: string }[] };
+  const creds = (await ks.api('GET', `/users/${users.users[0]!.id}/application_credentials`)) as { application_credentials: { id: string; name: string; access_rules: { service: string; method: string; path: string }[] }[] };
+  return creds.application_credentials.filter((c) => c.name.startsWith('bmsnap-upload-'));
+}
+
 if (stackUp) await t.test('agent killed mid-copy', async (t) => {
   const t0 = Date.now();
   const { uuid, ramdisk, imageId } = await startBigSnapshot('e2e-kill');
+  // what the agent uploads with: a credential for this image only, not the conductor's token
+  const during = await uploadCredentials();
+  t.same(during.map((c) => c.name), [`bmsnap-upload-${imageId}`], 'during the upload: one application credential, for this image');
+  t.same(during[0]?.access_rules.map((r) => `${r.service} ${r.method} ${r.path}`).sort(),
+    [`image GET /v2/images/${imageId}`, `image PATCH /v2/images/${imageId}`, `image PUT /v2/images/${imageId}/file`],
+    'its access rules: read, tag and upload this image, nothing else');
   ramdisk.kill('SIGKILL');
   t.pass(`agent killed while image ${imageId} was saving`);
   const n = await stack.waitState(uuid, ['service failed', 'active'], CALLBACK_TIMEOUT + 90);
@@ -252,6 +280,8 @@ if (stackUp) await t.test('agent killed mid-copy', async (t) => {
   t.equal(n.maintenance, true, 'maintenance set by Ironic (failure during a step)');
   t.equal(n.driver_internal_info.bmsnap_snapshot?.state, 'deleted', 'bmsnap_snapshot.state deleted');
   t.same(await stack.glanceImages('e2e-kill'), [], 'no image left in Glance');
+  t.same(await uploadCredentials(), [], 'its upload credential was deleted too');
+  t.equal(n.driver_internal_info.bmsnap_snapshot?.upload_credential, undefined, 'and dropped from the node');
   t.equal(await sha256File(big), bigSha, 'source disk unchanged');
   t.comment(`kill case: ${secs(t0)} s`);
 });

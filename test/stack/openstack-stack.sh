@@ -315,6 +315,9 @@ password = $(cat "$dir/keystone/glance-password")
 project_name = service
 user_domain_name = Default
 project_domain_name = Default
+# tokens of application credentials with access rules (the plugin's per-snapshot upload
+# credential) are checked against this service type
+service_type = image
 EOF
   fi
   # flavor "" (noauth): every request is admin; "headerauth": identity from X-* headers
