@@ -8,8 +8,9 @@
 // the LV's journal needs no recovery (the freeze flushed it); the churn files in it are whole;
 // the write to /boot that waited for the capture is not in it, but is on the node's disk; the
 // disk's LVM metadata is untouched (no snapshot volume was ever added to the VG); and the image
-// boots in a fresh VM, showing the file written before the snapshot. The freeze time is printed
-// as a `metric` line.
+// boots in a fresh VM, showing the file written before the snapshot. A second capture with a
+// spare copy-on-write disk too small for the writer fails cleanly (one line, no image left, the
+// node unharmed). The freeze time is printed as a `metric` line.
 import t from 'tap';
 import { execa } from 'execa';
 import { copyFile, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
@@ -51,6 +52,7 @@ async function lvRange(raw: string): Promise<[number, number]> {
 
 let disk = '';
 let jobDisk = '';
+let cowDisk = '';
 const marker = randomUUID();
 const imageName = `live-${marker.slice(0, 8)}`;
 const token = `tok-${randomBytes(16).toString('hex')}`;
@@ -76,6 +78,8 @@ await t.test('setup: bundle, the node\'s LVM-root disk, Glance, the job disk', a
     `GLANCE_URL=http://${GUEST_HOST_IP}:${glance.port}\nIMAGE_NAME=${imageName}\nOS_TOKEN=${token}\nFILE_DATA=${fileData}\n`);
   jobDisk = join(work, 'job.img');
   await execa('mkfs.ext4', ['-q', '-F', '-L', 'job', '-d', jobDir, jobDisk, '200M']);
+  cowDisk = join(work, 'cow.img');
+  await execa('truncate', ['-s', '2M', cowDisk]);
 });
 
 async function readRange(path: string, offset: number, length: number): Promise<Buffer> {
@@ -96,7 +100,7 @@ let imageId = '';
 await t.test('the running node snapshots itself while it writes', async (t) => {
   const vm = new Vm({
     name: 'live-node', serialLog, memoryMiB: 2048,
-    disks: [{ file: disk, format: 'raw' }, { file: jobDisk, format: 'raw' }],
+    disks: [{ file: disk, format: 'raw' }, { file: jobDisk, format: 'raw' }, { file: cowDisk, format: 'raw' }],
     guestForwards: [glance!.port],
   });
   vms.push(vm);
@@ -107,6 +111,7 @@ await t.test('the running node snapshots itself while it writes', async (t) => {
     ['frozen', /BMSNAP-JOB said bmsnap: point-in-time copy of (\S+) taken: frozen for ([\d.]+) s(.*)/, 900],
     ['active', /BMSNAP-JOB said bmsnap: glance image (\S+) active/, 60],
     ['live', /BMSNAP-JOB live rc=(\d+) id=(\S*) writes-before=(\d+) writes-after=(\d+) writes-end=(\d+) started=([\d.]+) ended=([\d.]+)/, 60],
+    ['overflow', /BMSNAP-JOB overflow rc=(\d+) last=(.*)/, 600],
     ['bootWrite', /BMSNAP-JOB boot write tried=([\d.]+) done=([\d.]+)/, 60],
     ['mapper', /BMSNAP-JOB mapper \[(.*)\] loops \[(.*)\]/, 60],
     ['writable', /BMSNAP-JOB boot filesystems writable again/, 60],
@@ -136,6 +141,8 @@ await t.test('the running node snapshots itself while it writes', async (t) => {
   const [tried, done] = [Number(seen.bootWrite![1]), Number(seen.bootWrite![2])];
   const ended = Number(live[7]);
   t.ok(done - tried > 5, `the write to /boot waited (tried at ${tried} s, done at ${done} s, bmsnap ended at ${ended} s of uptime)`);
+  t.equal(seen.overflow![1], '1', 'a 2 MiB --cow-device for a busy writer: exit 1');
+  t.match(seen.overflow![2], /^bmsnap: the copy-on-write store of bmsnapvg-root filled up while the capture ran .*--cow-device.*--mode kexec$/, 'in one line: the store filled up, and what to do');
   t.notMatch(seen.mapper![1], /bmsnap-live/, 'no bmsnap device-mapper device left');
   t.equal((seen.mapper![2] ?? "").trim(), '', 'no loop device left');
   metric('freeze_s', Number(seen.frozen![2]), 's (volumes suspended: snapshot + table swap; TCG, one vCPU)');
@@ -153,6 +160,7 @@ await t.test('the image: active, verified, clean filesystems, the disk as it was
   t.match(img.bmsnap_freeze_seconds, /^\d+\.\d{3}$/, 'bmsnap_freeze_seconds recorded');
   t.equal(img.bmsnap_volumes, 'bmsnapvg-root:ext4', 'bmsnap_volumes: the LV and its filesystem');
   t.equal((await glance!.listImages()).filter((i) => i.name === imageName).length, 1, 'exactly one image (no orphans)');
+  t.same((await glance!.listImages()).filter((i) => i.name === `${imageName}-overflow`).map((i) => `${i.id} ${i.status}`), [], 'the overflowed capture left no image');
   const qcow = join(work, 'image.qcow2');
   await glance!.downloadImage(imageId, qcow);
   t.equal(await hashFile(qcow, 'sha512'), img.os_hash_value, 'downloaded sha512 = Glance os_hash_value');

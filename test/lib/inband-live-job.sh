@@ -7,7 +7,8 @@
 #  - a writer churns the root: 1 MiB files /var/churn/f.N, each holding only lines "N", written
 #    under a temporary name and renamed, the oldest removed, as fast as it can;
 #  - as soon as the snapshot exists, a write to /boot (a plain partition, held still for the
-#    capture) that has to wait for the end of it.
+#    capture) that has to wait for the end of it;
+# then once more with a copy-on-write store too small for the writer (--cow-device /dev/vdc).
 # Console lines start with BMSNAP-JOB.
 job=$1
 /bin/busybox mkdir -p /dev/.bin && /bin/busybox --install -s /dev/.bin
@@ -52,11 +53,16 @@ rc=$?
 t1=$(up)
 after=$(cat /dev/shm/count)
 sleep 2
-touch /dev/shm/stop
-wait $writer
 grep '^bmsnap: ' /dev/shm/live.err | while read -r l; do say "said $l"; done
 say "live rc=$rc id=$(cat /dev/shm/id) writes-before=$before writes-after=$after writes-end=$(cat /dev/shm/count) started=$t0 ended=$t1"
 [ $rc -eq 0 ] || tail -n 5 /dev/shm/live.err
+
+# again, with a spare disk far too small for what the writer writes meanwhile (/dev/vdc, 2 MiB):
+# the store fills up, the snapshot turns invalid, the capture fails cleanly
+"$job/bmsnap" now --mode live --glance "$IMAGE_NAME-overflow" --glance-url "$GLANCE_URL" --cow-device /dev/vdc > /dev/shm/id2 2> /dev/shm/live2.err
+say "overflow rc=$? last=$(tail -n 1 /dev/shm/live2.err)"
+touch /dev/shm/stop
+wait $writer
 say "boot write tried=$(cat /dev/shm/boot-try 2>&1) done=$(cat /dev/shm/boot-done 2>&1)"
 say "mapper [$(ls /dev/mapper | tr '\n' ' ')] loops [$(grep -l . /sys/block/loop*/loop/backing_file 2>/dev/null | tr '\n' ' ')]"
 touch /boot/after-snapshot /boot/efi/after.txt && say "boot filesystems writable again"

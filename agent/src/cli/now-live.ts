@@ -43,20 +43,25 @@ export async function liveNow(values: GlanceOptionValues & { 'cow-device'?: stri
     try {
       const held = capture.held.map((h) => `${h.mountpoint} ${h.how}`).join(', ');
       say(`point-in-time copy of ${plan.volumes.map((v) => v.mountpoints[0]).join(', ')} taken: frozen for ${capture.freezeSeconds.toFixed(3)} s${held ? `; held for the capture: ${held}` : ''}`);
-      const map = await mapVolumes(await buildDiskMap(capture.source, capture.source.sectorSize), capture.volumes);
-      for (const w of map.warnings) log.warn(w);
-      const { image, manifest } = await publishToGlance(capture.source, client, {
-        name: common.name, visibility: common.visibility, format: 'qcow2', codec: common.codec, map, captureMethod: 'inband-live', signal, log,
-        properties: {
-          bmsnap_point_in_time: capture.pointInTime.toISOString(),
-          bmsnap_freeze_seconds: capture.freezeSeconds.toFixed(3),
-          bmsnap_volumes: (map.volumes ?? []).map((v) => `${v.name}:${v.fs ?? 'unknown'}`).join(','),
-          ...common.properties,
-        },
-        ...(progress ? { progress } : {}),
+      // A store that fills up makes the snapshot unreadable (I/O errors): check() says that instead.
+      const { image, manifest } = await (async () => {
+        const map = await mapVolumes(await buildDiskMap(capture.source, capture.source.sectorSize), capture.volumes);
+        for (const w of map.warnings) log.warn(w);
+        return publishToGlance(capture.source, client, {
+          name: common.name, visibility: common.visibility, format: 'qcow2', codec: common.codec, map, captureMethod: 'inband-live', signal, log,
+          properties: {
+            bmsnap_point_in_time: capture.pointInTime.toISOString(),
+            bmsnap_freeze_seconds: capture.freezeSeconds.toFixed(3),
+            bmsnap_volumes: (map.volumes ?? []).map((v) => `${v.name}:${v.fs ?? 'unknown'}`).join(','),
+            ...common.properties,
+          },
+          ...(progress ? { progress } : {}),
+        });
+      })().catch(async (err: unknown) => {
+        await capture.check();
+        throw err;
       });
       progress?.done();
-      await capture.check();
       process.stdout.write(`${image.id}\n`);
       say(`glance image ${image.id} active: ${manifest.bytesWritten} bytes, sha512 verified; the disk as it was at ${capture.pointInTime.toISOString()}`);
     } finally {

@@ -23,7 +23,7 @@ export interface LiveCapture {
   freezeSeconds: number;
   pointInTime: Date;
   held: Held[];
-  /** Throws if a copy-on-write store overflowed during the capture. */
+  /** Throws (saying so) if a copy-on-write store overflowed: the snapshot then reads as I/O errors. */
   check(): Promise<void>;
   /** Undoes everything; returns what could not be undone (for the user to fix by hand). */
   release(): Promise<string[]>;
