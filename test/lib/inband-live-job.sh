@@ -5,7 +5,8 @@
 # read-write), meets one real refusal, writes FILE_DATA before the snapshot, then runs
 # `bmsnap now --mode live` while
 #  - a writer churns the root: 1 MiB files /var/churn/f.N, each holding only lines "N", written
-#    under a temporary name and renamed, the oldest removed, as fast as it can;
+#    under a temporary name with fsync (so the data really reaches the disk, where the snapshot
+#    must copy the old chunks away) and renamed, the oldest removed, as fast as it can;
 #  - as soon as the snapshot exists, a write to /boot (a plain partition, held still for the
 #    capture) that has to wait for the end of it;
 # then once more with a copy-on-write store too small for the writer (--cow-device /dev/vdc).
@@ -36,7 +37,7 @@ mkdir -p /var/churn
 ( i=0
   while [ ! -f /dev/shm/stop ]; do
     i=$((i + 1))
-    yes "$i" | head -c 1048576 > /var/churn/.next && mv /var/churn/.next /var/churn/f.$i
+    yes "$i" | head -c 1048576 | dd of=/var/churn/.next bs=64k conv=fsync 2>/dev/null && mv /var/churn/.next /var/churn/f.$i
     [ $i -gt 8 ] && rm -f /var/churn/f.$((i - 8))
     echo $i > /dev/shm/count
   done ) &
