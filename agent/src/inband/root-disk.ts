@@ -29,8 +29,37 @@ async function disksOf(dir: string, sys: string, depth: number): Promise<string[
     const below = await Promise.all(slaves.map(async (s) => disksOf(await realpath(`${dir}/slaves/${s}`), sys, depth + 1)));
     return [...new Set(below.flat())];
   }
-  const isPartition = await access(`${dir}/partition`).then(() => true, () => false);
-  return [basename(isPartition ? dirname(dir) : dir)];
+  const here = await describe(dir);
+  return [here.disk ?? here.name];
+}
+
+export interface BlockPlace {
+  /** Its sysfs directory and kernel name (sda2, dm-0). */
+  dir: string;
+  name: string;
+  /** device-mapper name, for a dm device. */
+  dm?: string;
+  /** The whole disk it is or is a partition of (not for dm devices). */
+  disk?: string;
+  /** Byte offset of a partition on its disk (0 otherwise). */
+  start: number;
+}
+
+async function describe(dir: string): Promise<BlockPlace> {
+  const name = basename(dir);
+  const dm = await readFile(`${dir}/dm/name`, 'utf8').then((s) => s.trim(), () => undefined);
+  if (dm !== undefined) return { dir, name, dm, start: 0 };
+  if (await access(`${dir}/partition`).then(() => true, () => false)) {
+    const start = Number((await readFile(`${dir}/start`, 'utf8')).trim()) * 512;
+    return { dir, name, disk: basename(dirname(dir)), start };
+  }
+  return { dir, name, disk: name, start: 0 };
+}
+
+/** Where block device MAJ:MIN sits (undefined if sysfs does not know it). */
+export async function locate(sys: string, majMin: string): Promise<BlockPlace | undefined> {
+  const dir = await realpath(`${sys}/dev/block/${majMin}`).catch(() => undefined);
+  return dir ? describe(dir) : undefined;
 }
 
 /** The single whole disk under "/", or a RefusedError saying why there is none. */

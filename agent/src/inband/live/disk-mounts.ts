@@ -6,10 +6,9 @@
 //    capture - fine for /boot, not for "/", which is refused;
 //  - read-only mounts: nothing to do.
 // Anything else on the disk (stacked or non-linear device-mapper: crypt, thin, raid) is refused.
-import { access, readFile, readdir, realpath } from 'node:fs/promises';
-import { basename, dirname } from 'node:path';
+import { readFile, readdir } from 'node:fs/promises';
 import { RefusedError } from '../../errors.js';
-import { disksBeneath } from '../root-disk.js';
+import { disksBeneath, locate } from '../root-disk.js';
 import { parseTable, type LinearSegment } from './dm-table.js';
 
 export interface MountedDevice {
@@ -73,21 +72,6 @@ export interface PlanDeps {
   sys?: string;
   /** `dmsetup table NAME`. */
   dmTable(name: string): Promise<string>;
-}
-
-const exists = (p: string) => access(p).then(() => true, () => false);
-
-/** Where a block device sits: its sysfs dir, its kernel name, the disk it belongs to. */
-async function locate(sys: string, majMin: string): Promise<{ dir: string; name: string; dm?: string; disk?: string; start: number } | undefined> {
-  const dir = await realpath(`${sys}/dev/block/${majMin}`).catch(() => undefined);
-  if (!dir) return undefined;
-  const dm = await readFile(`${dir}/dm/name`, 'utf8').then((s) => s.trim(), () => undefined);
-  if (dm !== undefined) return { dir, name: basename(dir), dm, start: 0 };
-  if (await exists(`${dir}/partition`)) {
-    const start = Number((await readFile(`${dir}/start`, 'utf8')).trim()) * 512;
-    return { dir, name: basename(dir), disk: basename(dirname(dir)), start };
-  }
-  return { dir, name: basename(dir), disk: basename(dir), start: 0 };
 }
 
 export async function planLiveCapture(disk: string, mountinfo: string, deps: PlanDeps): Promise<LivePlan> {
