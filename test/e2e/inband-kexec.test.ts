@@ -21,6 +21,7 @@ import { pickPortIn } from '../lib/ports.js';
 import { convertToRaw, hashFile, qemuImgCheck } from '../lib/verify.js';
 import { GUEST_HOST_IP, Vm } from '../lib/vm.js';
 import { TS_AGENT, requireRootAndAgent } from '../lib/ts-ramdisk.js';
+import { bootRestored, runAsNobody, runPlain } from '../lib/inband.js';
 
 requireRootAndAgent(t, 'loop devices for the test disk, the bundle cache, apt-get');
 const CLI = TS_AGENT;
@@ -157,29 +158,17 @@ await t.test('the image boots in a fresh VM with the marker and the file', async
   await convertToRaw(qcow, raw);
   const g = await execa('grep', ['-c', '-a', '-F', token, raw], { reject: false });
   t.equal(g.stdout.trim(), '0', 'the token is not in the image');
-  const vdir = join(work, 'verify');
-  await mkdir(vdir);
-  await writeFile(join(vdir, 'job.sh'), 'echo "BMSNAP-VERIFY file=$(/bin/busybox cat /opt/app/before-snapshot)"\n');
-  const vdisk = join(work, 'verify.img');
-  await execa('mkfs.ext4', ['-q', '-F', '-d', vdir, vdisk, '8M']);
-  const vm = new Vm({ name: 'kexec-restored', serialLog: join(work, 'restored.serial.log'), noNetwork: true,
-    disks: [{ file: raw, format: 'raw' }, { file: vdisk, format: 'raw' }] });
-  vms.push(vm);
-  const m = await vm.waitLine(/BMSNAP-MARKER (\S+) [0-9a-f]{64} machine-id=/, 240);
-  t.equal(m.match[1], marker, 'the snapshot boots and prints the marker');
-  const f = await vm.waitLine(/BMSNAP-VERIFY file=(\S*)/, 60);
-  t.equal(f.match[1], fileData, 'the file written before the snapshot is in the image');
-  await vm.done;
-  t.notOk((await readFile(join(work, 'restored.serial.log'), 'utf8')).includes(token), 'no token in that serial log either');
+  const restored = await bootRestored({ work, raw, name: 'kexec-restored', vms });
+  t.equal(restored.marker, marker, 'the snapshot boots and prints the marker');
+  t.equal(restored.file, fileData, 'the file written before the snapshot is in the image');
+  t.notOk((await readFile(restored.serialLog, 'utf8')).includes(token), 'no token in that serial log either');
 });
 
 await t.test('refused for a non-root user, before anything is created', async (t) => {
-  // (env -u NODE_OPTIONS: tap's process-info hook, injected into every child, cannot write as nobody)
-  const r = await execa('env', ['-u', 'NODE_OPTIONS', 'setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, CLI,
-    'now', '--mode', 'kexec', '--glance', 'x', '--glance-url', 'http://127.0.0.1:1'], { reject: false, stdin: 'ignore', extendEnv: false, env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+  const r = await runAsNobody(CLI, ['now', '--mode', 'kexec', '--glance', 'x', '--glance-url', 'http://127.0.0.1:1']);
   t.equal(r.exitCode, 1, 'exit status 1');
   t.match(String(r.stderr), /^bmsnap: kexec mode must run as root \(uid 65534\)[^\n]*$/, 'one line: must run as root');
-  const u = await execa(process.execPath, [CLI, 'now', '--glance', 'x'], { reject: false, stdin: 'ignore', extendEnv: false, env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+  const u = await runPlain(CLI, ['now', '--glance', 'x']);
   t.equal(u.exitCode, 2, 'no --mode: usage error, exit 2');
   t.match(String(u.stderr), /^bmsnap: missing --mode live or --mode kexec[^\n]*$/, 'one line');
 });

@@ -13,7 +13,7 @@
 // node unharmed). The freeze time is printed as a `metric` line.
 import t from 'tap';
 import { execa } from 'execa';
-import { copyFile, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, open, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,7 +23,8 @@ import { startGlance, type LocalGlance } from '../lib/glance.js';
 import { pickPortIn } from '../lib/ports.js';
 import { convertToRaw, fsckAll, fsckWindow, hashFile, qemuImgCheck } from '../lib/verify.js';
 import { GUEST_HOST_IP, Vm } from '../lib/vm.js';
-import { requireRootAndAgent } from '../lib/ts-ramdisk.js';
+import { TS_AGENT, requireRootAndAgent } from '../lib/ts-ramdisk.js';
+import { bootRestored, runAsNobody, runPlain } from '../lib/inband.js';
 
 requireRootAndAgent(t, 'loop devices for the test disk, the bundle cache, apt-get');
 
@@ -83,7 +84,6 @@ await t.test('setup: bundle, the node\'s LVM-root disk, Glance, the job disk', a
 });
 
 async function readRange(path: string, offset: number, length: number): Promise<Buffer> {
-  const { open } = await import('node:fs/promises');
   const fh = await open(path, 'r');
   try {
     const buf = Buffer.alloc(length);
@@ -144,7 +144,7 @@ await t.test('the running node snapshots itself while it writes', async (t) => {
   t.equal(seen.overflow![1], '1', 'a 2 MiB --cow-device for a busy writer: exit 1');
   t.match(seen.overflow![2], /^bmsnap: the copy-on-write store of bmsnapvg-root filled up while the capture ran .*--cow-device.*--mode kexec$/, 'in one line: the store filled up, and what to do');
   t.notMatch(seen.mapper![1], /bmsnap-live/, 'no bmsnap device-mapper device left');
-  t.equal((seen.mapper![2] ?? "").trim(), '', 'no loop device left');
+  t.equal((seen.mapper![2] ?? '').trim(), '', 'no loop device left');
   metric('freeze_s', Number(seen.frozen![2]), 's (volumes suspended: snapshot + table swap; TCG, one vCPU)');
   metric('live_capture_s', Math.round((ended - Number(live[6])) * 10) / 10, 's (bmsnap now --mode live, start to image active; TCG; the node runs throughout)');
   const log = await readFile(serialLog, 'utf8');
@@ -208,29 +208,16 @@ await t.test('the image: active, verified, clean filesystems, the disk as it was
 
 await t.test('the image boots in a fresh VM with the marker and the file', async (t) => {
   if (!raw) { t.fail('no image'); return; }
-  const vdir = join(work, 'verify');
-  await mkdir(vdir);
-  await writeFile(join(vdir, 'job.sh'), 'echo "BMSNAP-VERIFY file=$(/bin/busybox cat /opt/app/before-snapshot)"\n');
-  const vdisk = join(work, 'verify.img');
-  await execa('mkfs.ext4', ['-q', '-F', '-d', vdir, vdisk, '8M']);
-  const vm = new Vm({ name: 'live-restored', serialLog: join(work, 'restored.serial.log'), noNetwork: true,
-    disks: [{ file: raw, format: 'raw' }, { file: vdisk, format: 'raw' }] });
-  vms.push(vm);
-  const m = await vm.waitLine(/BMSNAP-MARKER (\S+) [0-9a-f]{64} machine-id=/, 240);
-  t.equal(m.match[1], marker, 'the snapshot boots (root on its LV) and prints the marker');
-  const f = await vm.waitLine(/BMSNAP-VERIFY file=(\S*)/, 60);
-  t.equal(f.match[1], fileData, 'the file written before the snapshot is there');
-  await vm.done;
+  const restored = await bootRestored({ work, raw, name: 'live-restored', vms });
+  t.equal(restored.marker, marker, 'the snapshot boots (root on its LV) and prints the marker');
+  t.equal(restored.file, fileData, 'the file written before the snapshot is there');
 });
 
 await t.test('refused for a non-root user, and kexec-only flags refused in live mode', async (t) => {
-  const { TS_AGENT } = await import('../lib/ts-ramdisk.js');
-  const env = { PATH: process.env.PATH ?? '/usr/bin:/bin' };
-  const r = await execa('env', ['-u', 'NODE_OPTIONS', 'setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, TS_AGENT,
-    'now', '--mode', 'live', '--glance', 'x', '--glance-url', 'http://127.0.0.1:1'], { reject: false, stdin: 'ignore', extendEnv: false, env });
+  const r = await runAsNobody(TS_AGENT, ['now', '--mode', 'live', '--glance', 'x', '--glance-url', 'http://127.0.0.1:1']);
   t.equal(r.exitCode, 1, 'exit status 1');
   t.match(String(r.stderr), /^bmsnap: live mode must run as root \(uid 65534\)[^\n]*$/, 'one line: must run as root');
-  const u = await execa(process.execPath, [TS_AGENT, 'now', '--mode', 'live', '--glance', 'x', '--no-return'], { reject: false, stdin: 'ignore', extendEnv: false, env });
+  const u = await runPlain(TS_AGENT, ['now', '--mode', 'live', '--glance', 'x', '--no-return']);
   t.equal(u.exitCode, 2, 'a kexec flag in live mode: usage error, exit 2');
   t.match(String(u.stderr), /^bmsnap: --no-return: kexec mode only$/, 'one line');
 });

@@ -7,9 +7,6 @@
 # disk into Glance - and records them again. Lists and logs go to the job disk; the console gets
 # BMSNAP-JOB lines. Its own helpers live on /dev (devtmpfs), not on the root tree.
 job=$1
-/bin/busybox mkdir -p /dev/.bin && /bin/busybox --install -s /dev/.bin
-export PATH=/dev/.bin
-. "$job/job.env"
 . "$job/guest-lib.sh"
 now() { cut -d' ' -f1 /proc/uptime; }
 

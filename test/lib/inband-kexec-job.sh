@@ -11,10 +11,6 @@
 #  - failed:WHY (back from that): print it and let the marker power off.
 # `bmsnap now` does not return when it works: the node goes down into the ramdisk.
 job=$1
-/bin/busybox mkdir -p /dev/.bin && /bin/busybox --install -s /dev/.bin
-export PATH=/dev/.bin
-. "$job/job.env"
-export OS_TOKEN
 . "$job/guest-lib.sh"
 now() {   # NAME URL
   say "handover starting ($1)"

@@ -12,10 +12,6 @@
 # then once more with a copy-on-write store too small for the writer (--cow-device /dev/vdc).
 # Console lines start with BMSNAP-JOB.
 job=$1
-/bin/busybox mkdir -p /dev/.bin && /bin/busybox --install -s /dev/.bin
-export PATH=/dev/.bin
-. "$job/job.env"
-export OS_TOKEN
 . "$job/guest-lib.sh"
 up() { cut -d' ' -f1 /proc/uptime; }
 
