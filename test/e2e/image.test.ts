@@ -11,7 +11,7 @@ import {
   type LayoutName, type TestDisk,
 } from '../lib/disks.js';
 import {
-  compareBlocks, comparePartitionTables, convertToRaw, countStaleSectors, digestAll, fsckAll, hashFile, qemuImgCheck,
+  compareBlocks, comparePartitionTables, compareRegions, convertToRaw, countStaleSectors, digestAll, fsckAll, hashFile, qemuImgCheck,
   qemuImgInfo, sha256File, type TreeDigest,
 } from '../lib/verify.js';
 
@@ -289,6 +289,34 @@ async function expectCleanFailure(t: Tap, name: string, source: string): Promise
   });
 }
 
+/**
+ * A recognised filesystem whose metadata fails a check: its allocation map is not trusted, the
+ * whole partition is copied (zero blocks aside), and the manifest and a warning say so. The
+ * image, converted back, equals the source block for block.
+ */
+async function expectWholePartitionFallback(t: Tap, name: string, source: string, index: number): Promise<void> {
+  await t.test(name, async (t) => {
+    const outDir = await makeTempDir('bmsnap-e2e-out-');
+    t.teardown(() => removeTempDir(outDir));
+    const before = await sha256File(source);
+    const out = join(outDir, 'out.qcow2');
+    const r = await bmsnap(['image', source, '-o', out, '--json']);
+    t.equal(r.exitCode, 0, 'exits 0', { stderr: r.stderr });
+    if (r.exitCode !== 0) return;
+    t.notOk(/^\s+at /m.test(r.stderr), 'no stack trace');
+    t.ok(r.stderr.split('\n').some(isWarningOrWorse), 'a warning says what happened');
+    const m = JSON.parse(r.stdout) as Manifest;
+    const p = m.partitions.find((x) => x.index === index);
+    t.match(p?.method, /^whole partition \(metadata failed checks: /, `partition ${index}: method names the fallback`);
+    t.equal(p?.usedBytes, p?.size, `partition ${index}: copied whole`);
+    const back = join(outDir, 'back.raw');
+    await convertToRaw(out, back);
+    const region = { name: `partition ${index}`, offset: p!.start, length: p!.size };
+    t.same(await compareRegions(source, back, [region]), [], `converted back: partition ${index} is byte for byte the source's`);
+    t.equal(await sha256File(source), before, 'the source is unchanged');
+  });
+}
+
 async function sparseCopy(src: string, dst: string): Promise<string> {
   await run('cp', ['--sparse=always', src, dst]);
   return dst;
@@ -313,13 +341,13 @@ async function errorTests(t: Tap, work: string, disks: Map<LayoutName, TestDisk>
 
   const badSb = await sparseCopy(rawExt4.path, join(dir, 'bad-sb.raw'));
   await writeAt(badSb, 1024 + 24, u32le(0x7fffffff)); // s_log_block_size
-  await expectCleanFailure(t, 'corrupt ext4 superblock (s_log_block_size) on a whole-disk ext4', badSb);
+  await expectWholePartitionFallback(t, 'corrupt ext4 superblock (s_log_block_size) on a whole-disk ext4', badSb, 0);
   await run('rm', [badSb]);
 
   const badRoot = await sparseCopy(gpt.path, join(dir, 'bad-root-sb.raw'));
   const root = (await readPartitionTable(gpt.path)).partitions.find((p) => p.index === 3)!;
   await writeAt(badRoot, root.start + 1024 + 24, u32le(0x7fffffff));
-  await expectCleanFailure(t, 'corrupt ext4 superblock in a GPT partition', badRoot);
+  await expectWholePartitionFallback(t, 'corrupt ext4 superblock in a GPT partition', badRoot, 3);
   await run('rm', [badRoot]);
 
   const shortMbr = await sparseCopy(mbr.path, join(dir, 'short-mbr.raw'));

@@ -110,7 +110,18 @@ truncate -s $size "$out"
 sgdisk -n1:2048:+1M -t1:ef02 -c1:bios -n2:0:+32M -t2:ef00 -c2:esp "${rest[@]}" "$out" >/dev/null
 loop=$(losetup -f --show -P "$out")
 partx -a "$loop" 2>/dev/null || true
-for i in $(seq 1 50); do [ -b "${loop}p2" ] && [ -b "${loop}p$last" ] && break; sleep 0.1; done
+# The partition nodes come from the kernel (-P) or partx, and udev may still be replacing them
+# (a fresh host's first loop device): wait until udev is done and every node answers with its size.
+settle() { command -v udevadm >/dev/null && udevadm settle --timeout=10 2>/dev/null || true; }
+nodes_ready() {
+  local i
+  for i in $(seq 1 "$last"); do
+    [ -b "${loop}p$i" ] && [ "$(blockdev --getsize64 "${loop}p$i" 2>/dev/null || echo 0)" -gt 0 ] || return 1
+  done
+}
+settle
+for i in $(seq 1 100); do nodes_ready && break; partx -u "$loop" 2>/dev/null || true; sleep 0.1; done
+nodes_ready || die "partition nodes ${loop}p1..p$last did not appear (losetup -P, partx -a)"
 mkfs.vfat -n ESP "${loop}p2" >/dev/null 2>&1
 printf 'bmsnap test ESP %s\n' "$marker" > "$work/esp.txt"
 mmd -i "${loop}p2" ::/EFI && mcopy -i "${loop}p2" "$work/esp.txt" ::/EFI/marker.txt
@@ -199,9 +210,14 @@ linux $kdir/vmlinuz console=ttyS0 root=$rootarg panic=-1 quiet
 initrd $kdir/initrd.img
 boot
 EOF
-grub-install --target=i386-pc --boot-directory="$bootdir" --modules="part_gpt ext2 biosdisk serial" "$loop" 2>&1 \
-  | grep -v "warning: " >&2 || true
-[ -f "$bootdir/grub/i386-pc/core.img" ] || die "grub-install failed"
+# grub-install maps the boot partition to a BIOS drive; its own probe of a loop device can fail
+# on a fresh host ("cannot find a GRUB drive for /dev/loop0p3"), so it gets an explicit device map.
+printf '(hd0) %s\n' "$loop" > "$bootdir/grub/device.map"
+settle
+if ! gi_out=$(grub-install --target=i386-pc --boot-directory="$bootdir" --modules="part_gpt ext2 biosdisk serial" "$loop" 2>&1) \
+  || [ ! -f "$bootdir/grub/i386-pc/core.img" ]; then
+  die "grub-install on $loop failed: $(printf '%s\n' "$gi_out" | grep -v 'warning: ' | grep . | tail -n 1)"
+fi
 sha256sum "$r/etc/bmsnap-payload" | cut -c1-64
 cat "$r/etc/machine-id"
 if [ "$layout" = lvm ]; then echo "lv-offset=$lv_off lv-size=$lv_size"; fi

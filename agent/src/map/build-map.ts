@@ -1,7 +1,7 @@
 // The used-block map of a whole disk: every byte outside the partitions (tables, the
 // bootloader gap, backup GPT), each partition's filesystem-used blocks, and whole partitions
 // whose content is unknown (the encoder drops their all-zero clusters).
-import { PartitionTableError } from '../errors.js';
+import { FilesystemError, PartitionTableError } from '../errors.js';
 import { subReader, type ByteReader } from '../source/byte-reader.js';
 import { complement, normalize, shift, totalLength, type Extent } from './extents.js';
 import { probeFilesystem } from './filesystems/index.js';
@@ -82,7 +82,18 @@ async function mapPartition(r: ByteReader, p: Partition, warnings: string[]): Pr
   const whole = (method: string) => ({ ...p, fs: null, method, usedBytes: p.size, used: [{ offset: p.start, length: p.size }] });
   if (p.copyWhole) return whole('whole partition (bootloader)');
   const part = subReader(r, p.start, p.size, `partition ${p.index}`);
-  const usage: FsUsage | null = await probeFilesystem(part);
+  let usage: FsUsage | null;
+  try {
+    usage = await probeFilesystem(part);
+  } catch (err) {
+    // A filesystem whose metadata fails a check (absurd geometry, a checksum, counts that
+    // disagree) has an allocation map we cannot trust: copying the whole partition is always
+    // a faithful image, so that is what we do, and say why.
+    if (!(err instanceof FilesystemError)) throw err;
+    const where = p.index === 0 ? 'whole disk' : `partition ${p.index}`;
+    warnings.push(`${where}: ${err.message}; copying the whole partition`);
+    return whole(`whole partition (metadata failed checks: ${err.message})`);
+  }
   if (!usage) {
     if (p.index !== 0) warnings.push(`partition ${p.index}: no known filesystem; copying its non-zero blocks`);
     else warnings.push('no partition table and no known filesystem; copying every non-zero block');
