@@ -41,11 +41,17 @@ fetch_kernel_deb() {
 extract_kernel() {
   ktree=$cache/kernel-$kver
   if [ ! -f "$ktree/.done" ]; then
+    # Extracted beside the cache entry and renamed into place, so two builds at once (or one
+    # killed half way) never see, or delete, each other's half-extracted tree.
     say "extracting $kpkg"
-    rm -rf "$ktree" && mkdir -p "$ktree"
-    dpkg -x "$kdeb" "$ktree"
-    busybox depmod -b "$ktree" "$kver"
-    touch "$ktree/.done"
+    local tmp
+    tmp=$(mktemp -d "$ktree.tmp.XXXXXX")
+    dpkg -x "$kdeb" "$tmp"
+    busybox depmod -b "$tmp" "$kver"
+    touch "$tmp/.done"
+    [ -f "$ktree/.done" ] || { rm -rf "$ktree"; mv -T "$tmp" "$ktree" 2>/dev/null || true; }
+    rm -rf "$tmp"
+    [ -f "$ktree/.done" ] || die "extracting $kpkg into $ktree failed"
   fi
 }
 

@@ -24,6 +24,9 @@ packages=(
   cpio             # initramfs archives
   grub-pc-bin      # a BIOS bootloader for the bootable test disk
   grub2-common     # grub-install
+  udev             # udevadm: grub-install finds a partition's start through it (no udev daemon needed)
+  btrfs-progs      # mkfs.btrfs: a filesystem bmsnap does not parse (robustness e2e)
+  lvm2             # pvcreate/vgcreate/lvcreate without device-mapper (robustness e2e)
 )
 
 # (no `cmd | grep -q`: with pipefail, grep's early exit would fail the pipeline on SIGPIPE)

@@ -37,6 +37,10 @@ cache=${BMSNAP_RAMDISK_CACHE:-/var/cache/bmsnap/ramdisk}
 say() { echo "bootable-disk: $*" >&2; }
 die() { echo "bootable-disk: $*" >&2; exit 1; }
 source "$here/../../ramdisk-build/lib.sh"
+# grub-install asks udevadm for a partition's sysfs entry (its start sector); without it, on a
+# loop device, it fails with "cannot find a GRUB drive for /dev/loopNp3" (a fresh host has no udev).
+ensure_packages udev grub-pc-bin grub2-common gdisk dosfstools mtools e2fsprogs
+command -v udevadm >/dev/null || die "udevadm not found (Debian package udev): grub-install needs it"
 fetch_kernel_deb
 extract_kernel
 
