@@ -5,14 +5,28 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FilesystemError } from '../../agent/src/errors.js';
+import { crc32c } from '../../agent/src/map/crc32c.js';
 import { totalLength } from '../../agent/src/map/extents.js';
 import { xfsProbe } from '../../agent/src/map/filesystems/xfs.js';
-import { subReader } from '../../agent/src/source/byte-reader.js';
+import { readBytes, subReader, type ByteReader } from '../../agent/src/source/byte-reader.js';
 import { openSource } from '../../agent/src/source/open-source.js';
 import {
   assertWellFormed, garbageFile, MiB, patchedReader, probeImage, Scratch, sh, shStatus, treeDigest,
-  u32be, writeRandomFiles, zeroedCopy,
+  u32be, u32le, writeRandomFiles, zeroedCopy,
 } from './fixtures-fs.js';
+
+type Patch = { offset: number; bytes: Uint8Array };
+
+/**
+ * PATCHES plus the CRC they make right again for the v5 structure at [offset, offset + length)
+ * with its little-endian CRC-32C field at crcOff: corrupts a field behind the CRC's back, so
+ * the check after it is the one that fires.
+ */
+async function resigned(src: ByteReader, at: { offset: number; length: number; crcOff: number }, patches: Patch[]): Promise<Patch[]> {
+  const buf = await readBytes(patchedReader(src, patches), at.offset, at.length);
+  buf.writeUInt32LE(0, at.crcOff);
+  return [...patches, { offset: at.offset + at.crcOff, bytes: u32le(crc32c(buf)) }];
+}
 
 const SIZE = 300 * MiB; // mkfs.xfs refuses anything smaller
 const KEEP = { 'a.bin': 3 * MiB + 123, 'dir/b.bin': 300_000, 'dir/sub/c.txt': 100, 'dir/sub/d.bin': 5000 };
@@ -224,16 +238,103 @@ t.test('xfs corruption and edge cases', async (t) => {
     t.ok(err instanceof Error && !err.message.includes('\n'), `${name}: one-line message`);
     t.match((err as Error | null)?.message, pattern, `${name}: message`);
   };
-  await expectError('absurd block size', patchedReader(src, [{ offset: 4, bytes: u32be(3000) }]), /block size/);
+  // v5: superblock (CRC over the 512-byte sector, field at 224), AGF (216), btree blocks (52).
+  const SB = { offset: 0, length: 512, crcOff: 224 };
+  const agf = (ag: number): { offset: number; length: number; crcOff: number } => ({ offset: ag * agBlocks * bs + 512, length: 512, crcOff: 216 });
+  const block = (ag: number, agbno: number): { offset: number; length: number; crcOff: number } => ({ offset: (ag * agBlocks + agbno) * bs, length: bs, crcOff: 52 });
+  const cntRoot = Number(/cntroot = (\d+)/.exec(await xfsDb(img, ['agf 0', 'print cntroot']))?.[1]);
+
+  // Checks that came before the CRCs: the CRC is made right again so the field check fires.
+  await expectError('absurd block size', patchedReader(src, await resigned(src, SB, [{ offset: 4, bytes: u32be(3000) }])), /block size/);
   await expectError('filesystem larger than the partition', subReader(src, 0, SIZE - MiB), /partition holds/);
   await expectError('bad AGF magic', patchedReader(src, [{ offset: agBlocks * bs + 512, bytes: u32be(0x12345678) }]), /AG 1: bad AGF magic/);
   await expectError('bad btree magic', patchedReader(src, [{ offset: bnoRoot * bs, bytes: u32be(0x41425443) }]), /bad magic/);
-  await expectError('btree root outside the AG', patchedReader(src, [{ offset: 512 + 16, bytes: u32be(agBlocks + 5) }]), /outside the AG/);
+  await expectError('btree root outside the AG', patchedReader(src, await resigned(src, agf(0), [{ offset: 512 + 16, bytes: u32be(agBlocks + 5) }])), /outside the AG/);
 
-  // An AGF whose free count disagrees with its btree: that AG is kept whole, with a warning.
-  const skewed = await xfsProbe.probe(patchedReader(src, [{ offset: 512 + 52, bytes: u32be(7) }]));
+  // v5 CRCs: one flipped byte anywhere in the sector or block.
+  const flip = async (offset: number): Promise<Patch[]> => [{ offset, bytes: Uint8Array.of((await readBytes(src, offset, 1))[0]! ^ 0x10) }];
+  await expectError('superblock byte', patchedReader(src, await flip(150)), /^xfs superblock CRC mismatch \(stored 0x[0-9a-f]{8}, computed 0x[0-9a-f]{8}\)$/);
+  await expectError('superblock CRC field', patchedReader(src, await flip(224)), /^xfs superblock CRC mismatch/);
+  await expectError('AGF byte', patchedReader(src, await flip(2 * agBlocks * bs + 512 + 300)), /^xfs AG 2: AGF CRC mismatch/);
+  await expectError('bnobt block byte', patchedReader(src, await flip(bnoRoot * bs + bs - 1)), new RegExp(`^xfs AG 0 bnobt free-space btree: block ${bnoRoot} CRC mismatch`));
+  await expectError('cntbt block byte', patchedReader(src, await flip(cntRoot * bs + 60)), new RegExp(`^xfs AG 0 cntbt free-space btree: block ${cntRoot} CRC mismatch`));
+  // v5 headers behind a valid CRC: owner, own address, uuid.
+  await expectError('btree block of another AG', patchedReader(src, await resigned(src, block(0, bnoRoot), [{ offset: bnoRoot * bs + 48, bytes: u32be(3) }])), /block \d+ says it belongs to AG 3/);
+  await expectError('btree block at another address', patchedReader(src, await resigned(src, block(0, bnoRoot), [{ offset: bnoRoot * bs + 20, bytes: u32be(999) }])), /says it is at sector 999, not/);
+  await expectError('btree block of another filesystem', patchedReader(src, await resigned(src, block(0, cntRoot), [{ offset: cntRoot * bs + 40, bytes: u32be(0xdeadbeef) }])), /belongs to another filesystem/);
+  await expectError('AGF of another filesystem', patchedReader(src, await resigned(src, agf(1), [{ offset: agBlocks * bs + 512 + 64, bytes: u32be(1) }])), /AG 1: AGF belongs to another filesystem/);
+  // AGF fields behind a valid CRC.
+  await expectError('wrong agf_longest', patchedReader(src, await resigned(src, agf(0), [{ offset: 512 + 56, bytes: u32be(5) }])), /AG 0: AGF says the longest free extent is 5 blocks/);
+  await expectError('free list count', patchedReader(src, await resigned(src, agf(0), [{ offset: 512 + 48, bytes: u32be(2) }])), /AG 0: AGF free list count 2 does not match/);
+  await expectError('free list slot', patchedReader(src, await resigned(src, agf(0), [{ offset: 512 + 44, bytes: u32be(5000) }])), /AG 0: AGF free list slots/);
+  await expectError('cntbt root = bnobt root', patchedReader(src, await resigned(src, agf(0), [{ offset: 512 + 20, bytes: u32be(bnoRoot) }])), /cntbt free-space btree: root \d+ is already part of a free-space btree/);
+
+  // An AGF whose free count disagrees with its btrees: that AG is kept whole, with a warning.
+  const skewed = await xfsProbe.probe(patchedReader(src, await resigned(src, agf(0), [{ offset: 512 + 52, bytes: u32be(19000) }])));
   t.match(skewed?.warnings?.[0], /AG 0: .*mapping the whole AG/);
   t.ok(skewed?.used[0]?.offset === 0 && (skewed?.used[0]?.length ?? 0) >= agBlocks * bs, 'AG 0 mapped whole');
 
   t.equal(await xfsProbe.probe(patchedReader(src, [{ offset: 0, bytes: u32be(0) }])), null, 'no magic: null');
+});
+
+t.test('xfs v5 CRC and uuid conventions: 4 KiB sectors, a changed uuid (sb_meta_uuid)', async (t) => {
+  const s = await Scratch.create(t);
+  // 4 KiB sectors: the superblock and AGF CRCs cover the whole sector, not 512 bytes.
+  const big = s.path('sect4k.img');
+  await sh('truncate', ['-s', String(SIZE), big]);
+  await sh('mkfs.xfs', ['-q', '-f', '-K', '-s', 'size=4096', big]);
+  const g = await geometry(big);
+  const bigUsage = await probeImage(big);
+  t.equal(bigUsage?.method, 'xfs free-space btrees', '4 KiB sectors: mapped from the btrees');
+  t.equal(totalLength(bigUsage?.used ?? []), (g.dblocks - g.agfFree) * g.blockSize, '4 KiB sectors: used = dblocks - AGF free blocks');
+
+  // xfs_admin -U sets a new sb_uuid but leaves the metadata stamped with the old one, which the
+  // superblock keeps in sb_meta_uuid (incompat feature META_UUID).
+  const img = s.path('newuuid.img');
+  await sh('truncate', ['-s', String(SIZE), img]);
+  await sh('mkfs.xfs', ['-q', '-f', '-K', img]);
+  await sh('xfs_admin', ['-U', 'generate', img]);
+  // xfs_admin rewrites the log in a shape the log check does not accept as clean (whole
+  // filesystem, safe); a mount and unmount leaves an ordinary unmount record.
+  await s.withMount(img, 'rw', async () => {});
+  const ids = await xfsDb(img, ['sb 0', 'print uuid meta_uuid']);
+  const uuid = /^uuid = (\S+)/m.exec(ids)?.[1];
+  t.not(uuid, /^meta_uuid = (\S+)/m.exec(ids)?.[1], 'uuid and meta_uuid differ');
+  const usage = await probeImage(img);
+  t.equal(usage?.method, 'xfs free-space btrees', 'new uuid: mapped from the btrees');
+  t.equal(usage?.uuid, uuid, 'reports the new uuid');
+});
+
+t.test('xfs v4: a damaged free-space record is caught by the other btree', async (t) => {
+  // No CRCs on v4: the bnobt and the cntbt are compared instead.
+  const s = await Scratch.create(t);
+  const img = s.path('v4.img');
+  await sh('truncate', ['-s', String(SIZE), img]);
+  await sh('mkfs.xfs', ['-q', '-f', '-K', '-m', 'crc=0', img]);
+  const src = await openSource(img);
+  t.teardown(() => src.close());
+  t.equal((await xfsProbe.probe(src))?.method, 'xfs free-space btrees', 'pristine v4 maps');
+  const agBlocks = Number(/agblocks = (\d+)/.exec(await xfsDb(img, ['sb 0', 'print agblocks']))?.[1]);
+  const bs = 4096;
+  const agf = await xfsDb(img, ['agf 1', 'print bnoroot cntroot']);
+  const bnoRoot = Number(/bnoroot = (\d+)/.exec(agf)?.[1]);
+  const cntRoot = Number(/cntroot = (\d+)/.exec(agf)?.[1]);
+  const leaf = async (root: number): Promise<Buffer> => readBytes(src, (agBlocks + root) * bs, bs);
+  const bno = await leaf(bnoRoot);
+  t.equal(bno.readUInt32BE(0), 0x41425442, 'AG 1 bnobt root is an ABTB leaf');
+  t.ok(bno.readUInt16BE(6) >= 1, 'with a record');
+  // First record (startblock, blockcount) moved up by one block, one block shorter: still sorted,
+  // inside the AG, not overlapping anything. Only the cntbt can tell.
+  const [start, count] = [bno.readUInt32BE(16), bno.readUInt32BE(20)];
+  const moved = [{ offset: (agBlocks + bnoRoot) * bs + 16, bytes: Buffer.concat([u32be(start + 1), u32be(count - 1)]) }];
+  const err = await xfsProbe.probe(patchedReader(src, moved)).then(() => null, (e: unknown) => e);
+  t.ok(err instanceof FilesystemError, 'bnobt record: FilesystemError');
+  t.match((err as Error | null)?.message, new RegExp(`^xfs AG 1: the free-space btrees disagree: bnobt has ${start + 1}\\+${count - 1} where cntbt has ${start}\\+${count}$`));
+
+  const cnt = await leaf(cntRoot);
+  t.equal(cnt.readUInt32BE(0), 0x41425443, 'AG 1 cntbt root is an ABTC leaf');
+  const shrunk = [{ offset: (agBlocks + cntRoot) * bs + 20, bytes: u32be(cnt.readUInt32BE(20) - 1) }];
+  const err2 = await xfsProbe.probe(patchedReader(src, shrunk)).then(() => null, (e: unknown) => e);
+  t.ok(err2 instanceof FilesystemError, 'cntbt record: FilesystemError');
+  t.match((err2 as Error | null)?.message, /^xfs AG 1: (the free-space btrees disagree|AGF says the longest)/);
 });
