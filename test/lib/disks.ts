@@ -103,6 +103,8 @@ export interface LoopOptions {
   /** Byte offset and size of a window of the file (e.g. one partition). */
   offset?: number;
   sizeLimit?: number;
+  /** Logical sector size of the loop device (losetup --sector-size; default 512). */
+  sectorSize?: number;
 }
 
 export async function attachLoop(file: string, o: LoopOptions = {}): Promise<Loop> {
@@ -111,6 +113,7 @@ export async function attachLoop(file: string, o: LoopOptions = {}): Promise<Loo
   if (o.partscan) args.push('-P');
   if (o.offset !== undefined) args.push('-o', String(o.offset));
   if (o.sizeLimit !== undefined) args.push('--sizelimit', String(o.sizeLimit));
+  if (o.sectorSize !== undefined) args.push('--sector-size', String(o.sectorSize));
   const dev = await run('losetup', [...args, file]);
   held.loops.set(dev, backingFile(dev));
   const loop: Loop = {

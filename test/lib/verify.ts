@@ -354,6 +354,11 @@ export async function treeDigest(raw: string, partitionIndex: number): Promise<T
     withMount(dev, readOnlyMountOptions(fsType), async (dir) => digestOf(fs, await walkTree(dir))));
 }
 
+/** The same canonical digest of a tree already mounted (or staged) at DIR, e.g. a btrfs. */
+export async function digestDirectory(fs: string, dir: string): Promise<TreeDigest> {
+  return digestOf(fs, await walkTree(dir));
+}
+
 async function walkTree(root: string): Promise<string[]> {
   const xattrs = await collectXattrs(root);
   const firstPathOfInode = new Map<bigint, string>();
