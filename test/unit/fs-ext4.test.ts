@@ -277,6 +277,9 @@ t.test('ext metadata checks (issue 11): damage is refused in one line', async (t
   await expectError(csum, 'free blocks total', await resigned(csum, [{ offset: 0x0c, bytes: u32le(1234) }]), /group descriptors count \d+ free blocks, the superblock 1234/);
   await expectError(csum, 'overlapping metadata', [{ offset: D(1) + 0x04, bytes: u32le(cg[0]!.blockBitmap) }], /group 0 block bitmap and group 1 inode bitmap overlap/);
   await expectError(csum, 'unused inodes beyond the group', [{ offset: D(0) + 0x1c, bytes: Uint8Array.of(0xff, 0xff) }], /group 0: 65535 unused inodes in a group of/);
+  const cipg = Number(/Inodes per group:\s+(\d+)/.exec(await sh('dumpe2fs', ['-h', csumImg]))?.[1]);
+  const u16 = (n: number): Uint8Array => Uint8Array.of(n & 0xff, n >> 8);
+  await expectError(csum, 'reserved inodes in the unused part', [{ offset: D(0) + 0x1c, bytes: u16(cipg - 5) }], /^ext group 0: only 5 inodes may be in use, fewer than the 10 reserved ones$/);
   await expectError(csum, 'free count beyond the group', [{ offset: D(0) + 0x0c, bytes: Uint8Array.of(0xff, 0xff) }], /group 0: 65535 free clusters in a group of 1024/);
 
   // uninit_bg (crc16 descriptors), bitmaps without checksums; files written through the kernel.

@@ -421,6 +421,10 @@ function checkDesc(geo: Geometry, g: number, d: GroupDesc): void {
   if (d.itableUnused > geo.sb.inodesPerGroup) {
     throw new FilesystemError(`ext group ${g}: ${d.itableUnused} unused inodes in a group of ${geo.sb.inodesPerGroup}`);
   }
+  // The reserved inodes (root among them) are always in use: the kernel refuses this too.
+  if (g === 0 && groupChecksums(geo.sb) && usedInodes(geo.sb, d) < Math.min(geo.sb.firstIno - 1, geo.sb.inodesPerGroup)) {
+    throw new FilesystemError(`ext group 0: only ${usedInodes(geo.sb, d)} inodes may be in use, fewer than the ${geo.sb.firstIno - 1} reserved ones`);
+  }
 }
 
 /** No two groups' bitmaps or inode tables share a block. */
@@ -583,13 +587,15 @@ function countSet(bitmap: Uint8Array, units: number): number {
 /**
  * Inode-table blocks that hold only never-used inodes, when group checksums are on (and the
  * descriptors' checksums were verified): the inodes past inodes_per_group - bg_itable_unused of
- * a group, the whole table with INODE_UNINIT. The kernel allocates inodes from the front and
- * moves bg_itable_unused back before it uses one past the mark (and with lazy init zeroes the
- * rest in the background); e2fsck's inode scan stops at the mark, and mke2fs -E lazy_itable_init
- * never writes these blocks at all. The image reads zeros there, which is also what a zeroed
- * table holds. Only whole blocks are left out (a block shared with a used inode is kept), and
- * only blocks of a group's own table, which checkNoOverlap proved no other metadata shares;
- * with flex_bg the tables of many groups sit together, each trimmed on its own.
+ * a group, the whole table with INODE_UNINIT. Why leaving them out is safe: the kernel allocates
+ * an inode past that mark only after moving bg_itable_unused back (same transaction); its lazy
+ * itable init (ext4_init_inode_table) zeroes exactly these blocks, from the table start plus
+ * DIV_ROUND_UP(used inodes, inodes per block) to the table's end, whenever it likes; e2fsck's
+ * inode scan stops at the mark when group checksums are on; mke2fs -E lazy_itable_init never
+ * writes them. The image reads zeros there, which is what a zeroed table holds. Only whole
+ * blocks are left out (a block shared with a possibly used inode is kept), and only blocks of a
+ * group's own table, which checkNoOverlap proved no other metadata shares; with flex_bg the
+ * tables of many groups sit together and each is trimmed on its own.
  */
 function unusedInodeBlocks(geo: Geometry, descs: GroupDesc[]): Extent[] {
   const { sb } = geo;
@@ -667,6 +673,10 @@ async function crossCheckInodes(r: ByteReader, geo: Geometry, descs: GroupDesc[]
     // Runs of inode-table blocks holding at least one in-use inode.
     const blocks: number[] = [];
     for (let i = 0; i < limit; i++) {
+      if ((i & 7) === 0 && data[i >> 3] === 0) {
+        i += 7;
+        continue;
+      }
       if (!(data[i >> 3]! & (1 << (i & 7)))) continue;
       const blk = Math.floor(i / perBlock);
       if (blocks[blocks.length - 1] !== blk) blocks.push(blk);
