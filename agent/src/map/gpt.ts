@@ -1,6 +1,12 @@
 // GUID Partition Table reader (UEFI spec, chapter 5): primary header at LBA 1, backup header at
 // the last LBA, both CRC32-protected along with their entry arrays. A table is trusted only when
 // a header and its entry array check out; one bad copy is a warning, two are an error.
+// A copy whose CRCs hold is still checked for sense, since a wrong partition list would map a
+// filesystem at the wrong place: the header must sit where it says and point to an entry array
+// inside the disk; the usable range must fit the disk and leave out the protective MBR, both
+// headers and the entry arrays of the copies that checked out (a partition covering the GPT
+// itself would let a filesystem map drop the table from the image); every partition must lie in
+// the usable range, and no two may overlap. Anything else is a PartitionTableError (one line).
 import { crc32 } from 'node:zlib';
 import { PartitionTableError } from '../errors.js';
 import { readBytes, type ByteReader } from '../source/byte-reader.js';
@@ -106,8 +112,22 @@ export async function readGpt(r: ByteReader, ss: number): Promise<PartitionTable
   }
   const { header, entries } = chosen;
   const totalSectors = BigInt(Math.floor(r.size / ss));
-  if (header.lastUsable >= totalSectors || header.firstUsable > header.lastUsable) {
+  if (header.lastUsable >= totalSectors || header.firstUsable > header.lastUsable || header.firstUsable < 2n) {
     throw new PartitionTableError(`corrupt GPT: usable range ${header.firstUsable}-${header.lastUsable} does not fit a disk of ${totalSectors} sectors`);
+  }
+  // The table's own sectors (protective MBR, headers, entry arrays) must lie outside the usable range.
+  const own: [string, bigint, bigint][] = [['protective MBR', 0n, 0n]];
+  for (const [what, copy] of [['primary', primary], ['backup', backup]] as const) {
+    if (typeof copy === 'string') continue;
+    const h = copy.header;
+    own.push([`${what} header`, h.currentLba, h.currentLba]);
+    const sectors = BigInt(Math.ceil((h.entryCount * h.entrySize) / ss));
+    if (sectors > 0n) own.push([`${what} entry array`, h.entriesLba, h.entriesLba + sectors - 1n]);
+  }
+  for (const [what, first, last] of own) {
+    if (first <= header.lastUsable && last >= header.firstUsable) {
+      throw new PartitionTableError(`corrupt GPT: the usable range ${header.firstUsable}-${header.lastUsable} covers the ${what} (sectors ${first}-${last})`);
+    }
   }
   const partitions: Partition[] = [];
   for (let i = 0; i < header.entryCount; i++) {

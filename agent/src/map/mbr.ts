@@ -1,5 +1,11 @@
 // MBR (DOS) partition table reader: four primary entries at byte 446 and, for an extended
 // partition, the chain of extended boot records (EBRs) that each describe one logical partition.
+// Nothing in an MBR is checksummed, so what is checked is sense: boot flags 0x00/0x80, entries
+// inside the disk and not at sector 0, one extended partition, an EBR chain that stays inside
+// the extended partition, carries 0x55AA in every record, has only extended-type links and does
+// not loop; logical partitions inside the extended partition; no two partitions overlapping, and
+// no partition covering an EBR (the image keeps the table's sectors only because they lie
+// outside every partition). Anything else is a PartitionTableError (one line).
 import { PartitionTableError } from '../errors.js';
 import { readBytes, type ByteReader } from '../source/byte-reader.js';
 import { checkOverlaps } from './gpt.js';
@@ -71,12 +77,19 @@ export async function readMbr(r: ByteReader, ss: number): Promise<PartitionTable
       partitions.push(partitionOf(i + 1, e, 0, ss));
     }
   });
-  if (extended) partitions.push(...(await readLogicals(r, ss, extended)));
+  if (extended) {
+    const { logicals, ebrs } = await readLogicals(r, ss, extended);
+    partitions.push(...logicals);
+    for (const ebr of ebrs) {
+      const p = partitions.find((x) => x.start <= ebr * ss && ebr * ss < x.start + x.size);
+      if (p) throw new PartitionTableError(`corrupt MBR: partition ${p.index} covers the extended boot record at sector ${ebr}`);
+    }
+  }
   checkOverlaps(partitions, 'MBR');
   return { type: 'mbr', sectorSize: ss, diskId: sector0.readUInt32LE(440).toString(16).padStart(8, '0'), partitions, warnings };
 }
 
-async function readLogicals(r: ByteReader, ss: number, ext: { start: number; sectors: number }): Promise<Partition[]> {
+async function readLogicals(r: ByteReader, ss: number, ext: { start: number; sectors: number }): Promise<{ logicals: Partition[]; ebrs: number[] }> {
   const out: Partition[] = [];
   const seen = new Set<number>();
   let ebr = ext.start;
@@ -98,5 +111,5 @@ async function readLogicals(r: ByteReader, ss: number, ext: { start: number; sec
     if (!EXTENDED.has(next.type)) throw new PartitionTableError(`corrupt MBR: unexpected type 0x${next.type.toString(16)} in the extended partition chain`);
     ebr = ext.start + next.startLba;
   }
-  return out;
+  return { logicals: out, ebrs: [...seen] };
 }

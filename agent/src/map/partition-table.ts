@@ -1,5 +1,15 @@
 // Finds and reads the disk's partition table: GPT (at 512- or 4096-byte sectors), else MBR,
 // else none (a filesystem on the whole disk, or something unknown).
+//
+// Damage must end in the right partitions or a PartitionTableError, never in partitions at the
+// wrong place (their filesystems would be mapped there). The GPT signature at LBA 1 is looked
+// for first, so a damaged protective MBR (its 0xEE byte, its 0x55AA) does not matter while the
+// primary header is there; a protective MBR whose header lost its signature sends the GPT reader
+// to the backup. Were both damaged, the disk reads as "no table" (copied whole), or as an MBR
+// whose one entry runs from LBA 1 to the end (everything after sector 0 is one partition with
+// no known filesystem: copied whole). A stale backup GPT is never preferred to a plausible MBR:
+// the MBR may be the newer table. buildDiskMap copies every byte outside the partitions, so a
+// shorter list is safe; gpt.ts and mbr.ts refuse lists that overlap or cover the table itself.
 import { readBytes, type ByteReader } from '../source/byte-reader.js';
 import { hasGptSignature, readGpt } from './gpt.js';
 import { hasMbrSignature, plausibleMbr, readMbr } from './mbr.js';
