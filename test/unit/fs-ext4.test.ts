@@ -8,6 +8,7 @@ import { totalLength, type Extent } from '../../agent/src/map/extents.js';
 import { extProbe } from '../../agent/src/map/filesystems/ext4.js';
 import { probeFilesystem } from '../../agent/src/map/filesystems/index.js';
 import type { FsUsage } from '../../agent/src/map/filesystems/types.js';
+import { subReader } from '../../agent/src/source/byte-reader.js';
 import { openSource } from '../../agent/src/source/open-source.js';
 import {
   assertWellFormed, garbageFile, MiB, patchedReader, probeImage, Scratch, sh, shStatus, treeDigest,
@@ -181,6 +182,12 @@ t.test('ext corruption and edge cases', async (t) => {
   // 64-bit descriptors at block 1: group 3's block bitmap pointer (low half) far past the end.
   await expectError('descriptor outside the fs', [{ offset: 4096 + 3 * 64, bytes: u32le(10_000_000) }], /group 3: block bitmap .* outside/);
   await expectError('bad descriptor size', [{ offset: SB + 0xfe, bytes: Uint8Array.of(48, 0) }], /descriptor size/);
+  // A partition start moved onto group 1 (4 MiB in, at -g 1024): the backup superblock sits at
+  // byte 1024 of the window, and must not be mapped as if it were the filesystem's start.
+  const shifted = subReader(src, 4 * MiB - SB, 16 * MiB);
+  const shiftedErr = await extProbe.probe(shifted).then(() => null, (e: unknown) => e);
+  t.ok(shiftedErr instanceof FilesystemError, 'partition starting at a backup superblock: FilesystemError');
+  t.match((shiftedErr as Error | null)?.message, /backup of group 1/, 'names the backup superblock');
 
   // needs_recovery (as when mounted or crashed): the whole filesystem is kept, with a warning.
   const incompat = Buffer.alloc(4);

@@ -125,6 +125,10 @@ export const extProbe: FsProbe = {
     const fs = fsName(sb);
     const base = { fs, blockSize: sb.blockSize * sb.clusterRatio, uuid: sb.uuid, ...(sb.label ? { label: sb.label } : {}) };
     const fsBytes = sb.blocksCount * sb.blockSize;
+    // A backup superblock 1024 bytes in means the partition starts at a block group, not at
+    // the filesystem (a damaged partition start): the map would land at the wrong place.
+    const groupNr = raw.readUInt16LE(0x5a);
+    if (groupNr !== 0) throw new FilesystemError(`${fs}: the superblock at byte 1024 is the backup of group ${groupNr}, not the primary`);
     if (fsBytes > r.size) {
       throw new FilesystemError(`${fs}: superblock claims ${fsBytes} bytes (${sb.blocksCount} blocks of ${sb.blockSize}) but the partition holds ${r.size}`);
     }
