@@ -7,15 +7,15 @@ import { existsSync } from 'node:fs';
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
-  ALL_LAYOUTS, REPO_ROOT, attachLoop, buildDisk, makeTempDir, readPartitionTable, removeTempDir, run, writeAt,
+  ALL_LAYOUTS, attachLoop, buildDisk, makeTempDir, readPartitionTable, removeTempDir, run, writeAt,
   type LayoutName, type TestDisk,
 } from '../lib/disks.js';
+import { CLI, bmsnap } from '../lib/cli.js';
 import {
   compareBlocks, comparePartitionTables, compareRegions, convertToRaw, countStaleSectors, digestAll, fsckAll, hashFile, qemuImgCheck,
   qemuImgInfo, sha256File, type TreeDigest,
 } from '../lib/verify.js';
 
-const CLI = join(REPO_ROOT, 'dist/agent/src/cli/main.js');
 /**
  * Share of the source's stale sectors (deleted data, tagged by the builders) allowed to survive in
  * an image. Free space is not copied, so ~0; the slack covers allocated-but-unwritten tails such
@@ -23,21 +23,6 @@ const CLI = join(REPO_ROOT, 'dist/agent/src/cli/main.js');
  */
 const STALE_SURVIVING_MAX = 0.01;
 
-interface CliResult {
-  exitCode: number;
-  stdout: string;
-  stderr: string;
-  seconds: number;
-}
-
-/** Runs `node dist/.../main.js ARGS` (tap's loader hooks kept out of the child). */
-async function bmsnap(args: string[]): Promise<CliResult> {
-  const started = Date.now();
-  const r = await execa('node', [CLI, ...args], {
-    reject: false, stdin: 'ignore', timeout: 600_000, env: { NODE_OPTIONS: '' },
-  });
-  return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr), seconds: (Date.now() - started) / 1000 };
-}
 
 // The product's own manifest type: the test reads what the CLI prints.
 type Manifest = import('../../agent/src/image-disk.js').Manifest;

@@ -12,22 +12,20 @@
 // Every loop device, mount and temp dir is released even on failure (test/lib/disks.ts tracks
 // them). Bounded: a few minutes on 2 cores.
 import t, { type Test } from 'tap';
-import { execa } from 'execa';
 import { existsSync } from 'node:fs';
 import { open, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
-  REPO_ROOT, attachLoop, buildDisk, loopPartition, makeTempDir, readPartitionTable, removeTempDir, run, runUnchecked,
+  DISK_SCRIPT, REPO_ROOT, attachLoop, buildDisk, loopPartition, makeTempDir, readPartitionTable, removeTempDir, run, runUnchecked,
   sizeOf, withMount, withReadOnlyWindow, randomBytes, type Loop, type PartitionTable,
 } from '../lib/disks.js';
+import { CLI, bmsnap } from '../lib/cli.js';
 import {
   compareBlocks, comparePartitionTables, compareRegions, convertToRaw, digestAll, digestDirectory, qemuImgCheck,
   sha256File, treeDigest, type Region, type TreeDigest,
 } from '../lib/verify.js';
 import { corruption, prng, type Target } from '../unit/corruption.js';
 
-const CLI = join(REPO_ROOT, 'dist/agent/src/cli/main.js');
-const DISK_SCRIPT = join(REPO_ROOT, 'test/demo-disk.sh');
 const SCALE_DISK = join(REPO_ROOT, 'test/lib/scale-disk.sh');
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -35,19 +33,6 @@ const GiB = 1024 * MiB;
 type Manifest = import('../../agent/src/image-disk.js').Manifest;
 type Tap = Test;
 
-interface CliResult {
-  exitCode: number;
-  stdout: string;
-  stderr: string;
-  seconds: number;
-}
-
-/** Runs `node dist/.../main.js ARGS` (tap's loader hooks kept out of the child). */
-async function bmsnap(args: string[]): Promise<CliResult> {
-  const started = Date.now();
-  const r = await execa('node', [CLI, ...args], { reject: false, stdin: 'ignore', timeout: 600_000, env: { NODE_OPTIONS: '' } });
-  return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr), seconds: (Date.now() - started) / 1000 };
-}
 
 /** bmsnap image SRC -o OUT --json; the manifest, or null after a failed assertion. */
 async function imageOk(t: Tap, src: string, out: string, what = 'bmsnap image'): Promise<Manifest | null> {
