@@ -6,7 +6,11 @@ EPOCH=1700000000   # every mtime in an archive (reproducible builds)
 # ensure_packages PKG... : apt-get installs the Debian packages that are missing (needs root).
 ensure_packages() {
   local missing=() p
-  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  # "installed", not merely known to dpkg: a removed package keeps its config files and
+  # `dpkg -s` still succeeds for it, though its programs are gone.
+  for p in "$@"; do
+    [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)" = installed ] || missing+=("$p")
+  done
   [ ${#missing[@]} -gt 0 ] || return 0
   say "installing ${missing[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
