@@ -89,9 +89,20 @@ export function bitmapToExtents(
   return out;
 }
 
-/** The parts of `a` not covered by `b` (both normalized). */
+/** The parts of `a` not covered by `b` (both normalized), in one linear pass over both. */
 export function subtract(a: readonly Extent[], b: readonly Extent[]): Extent[] {
-  const end = Math.max(0, ...a.map((e) => e.offset + e.length));
-  const keep = complement(b, end);
-  return a.flatMap((e) => clip(keep, e.offset, e.length));
+  const out: Extent[] = [];
+  let j = 0;
+  for (const e of a) {
+    let start = e.offset;
+    const end = e.offset + e.length;
+    while (j < b.length && b[j]!.offset + b[j]!.length <= start) j++;
+    for (let k = j; start < end && k < b.length && b[k]!.offset < end; k++) {
+      const c = b[k]!;
+      if (c.offset > start) out.push({ offset: start, length: c.offset - start });
+      start = Math.max(start, c.offset + c.length);
+    }
+    if (start < end) out.push({ offset: start, length: end - start });
+  }
+  return out;
 }

@@ -34,7 +34,7 @@
 import { FilesystemError } from '../../errors.js';
 import { crc32cUpdate } from '../crc32c.js';
 import { readBytes, type ByteReader } from '../../source/byte-reader.js';
-import { bitmapToExtents, normalize, totalLength, type Extent } from '../extents.js';
+import { bitmapToExtents, normalize, subtract, totalLength, type Extent } from '../extents.js';
 import type { FsProbe, FsUsage } from './types.js';
 
 const SUPERBLOCK_OFFSET = 1024;
@@ -152,7 +152,7 @@ export const extProbe: FsProbe = {
     const warnings: string[] = [];
     const fixed = fixedMetadata(geo, descs);
     const fromBitmaps = await bitmapExtents(r, geo, descs);
-    const mapped = without(normalize([...fixed, ...fromBitmaps]), unusedInodeBlocks(geo, descs));
+    const mapped = subtract(normalize([...fixed, ...fromBitmaps]), unusedInodeBlocks(geo, descs));
     if (!(sb.roCompat & RO_COMPAT_METADATA_CSUM)) await crossCheckInodes(r, geo, descs, mapped);
     const journal = await journalExtents(r, geo, warnings);
     let used = mapped;
@@ -621,26 +621,6 @@ function usedInodes(sb: ExtSuper, d: GroupDesc): number {
   if (!groupChecksums(sb)) return sb.inodesPerGroup;
   if (d.flags & BG_INODE_UNINIT) return 0;
   return sb.inodesPerGroup - d.itableUnused;
-}
-
-/** The parts of normalized A outside normalized B (a linear merge, for maps of any size). */
-function without(a: readonly Extent[], b: readonly Extent[]): Extent[] {
-  const out: Extent[] = [];
-  let j = 0;
-  for (const e of a) {
-    let start = e.offset;
-    const end = e.offset + e.length;
-    while (j < b.length && b[j]!.offset + b[j]!.length <= start) j++;
-    let k = j;
-    while (start < end && k < b.length && b[k]!.offset < end) {
-      const c = b[k]!;
-      if (c.offset > start) out.push({ offset: start, length: c.offset - start });
-      start = Math.max(start, c.offset + c.length);
-      k++;
-    }
-    if (start < end) out.push({ offset: start, length: end - start });
-  }
-  return out;
 }
 
 const S_IFMT = 0xf000;
