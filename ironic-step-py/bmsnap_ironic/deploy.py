@@ -22,15 +22,14 @@ from ironic.common import exception
 from ironic.common import states
 from ironic.conductor import periodics
 from ironic.conductor import utils as manager_utils
-from ironic.conf import CONF
 from ironic.drivers import base
 from ironic.drivers.modules import agent
-from ironic.drivers.modules import agent_client
 from ironic.drivers.modules import deploy_utils
 from ironic.drivers import utils as driver_utils
 from oslo_log import log
 
 from bmsnap_ironic import args as step_args
+from bmsnap_ironic import safe_agent_client
 from bmsnap_ironic.glance import GlanceImages
 
 LOG = log.getLogger(__name__)
@@ -61,23 +60,13 @@ def _revoke_upload_credential(info):
 
 
 def _agent_commands(task):
-    """The agent's command list, or None when the agent does not answer.
-
-    Ironic's own client sends the agent token as a query parameter and, when the agent is gone,
-    puts the requests error - whose text holds that URL, token included - into its log and the
-    node's last_error. This asks the same question but reports only the kind of failure.
-    """
+    """The agent's command list, or None when the agent does not answer (it is not retried)."""
     node = task.node
-    client = agent_client.get_client(task)
-    token = node.driver_internal_info.get("agent_secret_token")
     try:
-        resp = client.session.get(client._get_command_url(node),
-                                  params={"agent_token": token} if token else {},
-                                  verify=client._get_verify(node),
-                                  timeout=CONF.agent.command_timeout)
-        resp.raise_for_status()
-        return resp.json()["commands"]
-    except (requests.RequestException, ValueError, KeyError, TypeError) as e:
+        return safe_agent_client.install(task).get_commands_status(
+            node, retry_connection=False, expect_errors=True)
+    except (exception.AgentConnectionFailed, requests.RequestException, ValueError, KeyError,
+            TypeError) as e:
         LOG.warning("Node %(node)s: the agent did not answer the command status request "
                     "(%(kind)s); waiting for its next heartbeat or the service timeout",
                     {"node": node.uuid, "kind": type(e).__name__})
@@ -85,7 +74,23 @@ def _agent_commands(task):
 
 
 class BmsnapDeploy(agent.AgentDeploy):
-    """Agent-based deploy (like ``direct``) with the ``snapshot`` service step."""
+    """Agent-based deploy (like ``direct``) with the ``snapshot`` service step.
+
+    Every entry point that can talk to the agent first installs the token-safe agent client on
+    the task (see safe_agent_client), so no error about a vanished agent carries its token.
+    """
+
+    def heartbeat(self, task, *args, **kwargs):
+        safe_agent_client.install(task)
+        return super(BmsnapDeploy, self).heartbeat(task, *args, **kwargs)
+
+    def execute_deploy_step(self, task, step):
+        safe_agent_client.install(task)
+        return super(BmsnapDeploy, self).execute_deploy_step(task, step)
+
+    def execute_clean_step(self, task, step):
+        safe_agent_client.install(task)
+        return super(BmsnapDeploy, self).execute_clean_step(task, step)
 
     def get_service_steps(self, task):
         # Our decorated step replaces the agent's own ``snapshot`` (which it wraps).
@@ -94,6 +99,7 @@ class BmsnapDeploy(agent.AgentDeploy):
         return [dict(s) for s in self.service_steps] + agent_steps
 
     def execute_service_step(self, task, step):
+        safe_agent_client.install(task)
         if _is_snapshot(step):
             # BaseInterface's dispatcher: calls self.snapshot(task, **args).
             return base.DeployInterface.execute_service_step(self, task, step)
@@ -136,7 +142,7 @@ class BmsnapDeploy(agent.AgentDeploy):
                        "image_id": image["id"]},
         }
         try:
-            agent_client.get_client(task)._command(
+            safe_agent_client.install(task)._command(
                 node=node, method="service.execute_service_step", params=params)
         except Exception:
             self._drop_image(task, "the agent did not accept the snapshot command")
@@ -145,6 +151,7 @@ class BmsnapDeploy(agent.AgentDeploy):
 
     def process_next_step(self, task, step_type, **kwargs):
         node = task.node
+        client = safe_agent_client.install(task)
         if step_type == "service" and _is_snapshot(node.service_step) and node.driver_internal_info.get(INFO):
             commands = _agent_commands(task)
             if commands is None:
@@ -152,6 +159,8 @@ class BmsnapDeploy(agent.AgentDeploy):
                 # gone, [conductor]service_callback_timeout fails the step.
                 return None
             self._follow_snapshot(task, commands)
+            # Ironic's step handling below reads the same answer instead of asking again.
+            client.reuse_commands_once(commands)
         return super(BmsnapDeploy, self).process_next_step(task, step_type, **kwargs)
 
     def _follow_snapshot(self, task, commands):
@@ -282,6 +291,7 @@ class BmsnapDeploy(agent.AgentDeploy):
             node.save()
 
     def tear_down_service(self, task):
+        safe_agent_client.install(task)
         # Abort (or a failure) in the middle of a snapshot: the image is incomplete.
         info = task.node.driver_internal_info.get(INFO) or {}
         if info.get("state") == "uploading":

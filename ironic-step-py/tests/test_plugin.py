@@ -16,6 +16,7 @@ from bmsnap_ironic import args as step_args
 from bmsnap_ironic import deploy
 from bmsnap_ironic import fake_boot
 from bmsnap_ironic import hardware
+from bmsnap_ironic import safe_agent_client
 
 
 class ArgsTest(unittest.TestCase):
@@ -143,10 +144,67 @@ class AgentGoneTest(unittest.TestCase):
                 self.assertIsNone(d.process_next_step(self.task, "service"))
         sup.assert_not_called()
         text = "\n".join(logs.output)
-        self.assertIn("did not answer the command status request (ConnectionError)", text)
+        self.assertIn("did not answer the command status request (AgentConnectionFailed)", text)
         self.assertNotIn(self.TOKEN, text)
-        self.assertNotIn("agent_token", text)
         self.assertEqual(self.task.node.driver_internal_info[deploy.INFO]["state"], "uploading")
+
+    def test_safe_client_masks_the_token_in_errors_and_logs(self):
+        client = safe_agent_client.install(self.task)
+        self.assertIs(agent_client_module().get_client(self.task), client)
+        with self.assertLogs(level="DEBUG") as logs:
+            with self.assertRaises(exception.AgentConnectionFailed) as ctx:
+                client.get_commands_status(self.task.node, retry_connection=False)
+            with self.assertRaises(exception.AgentConnectionFailed) as cmd:
+                client._command(node=self.task.node, method="service.execute_service_step",
+                                params={})
+        for text in (str(ctx.exception), str(cmd.exception), "\n".join(logs.output)):
+            self.assertNotIn(self.TOKEN, text)
+            self.assertIn("agent_token=***", text)   # masked in place, the rest of the text kept
+        self.assertIsNone(ctx.exception.__cause__)
+
+    def test_agent_dying_between_heartbeat_answers_is_no_failure(self):
+        # A real agent-like HTTP server answers the status request once, then is gone: Ironic's
+        # step handling must use that answer, not ask again (the second request would fail).
+        import http.server
+        import json
+        import threading
+        seen = []
+
+        class Once(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                seen.append(self.path)
+                body = json.dumps({"commands": [{
+                    "command_name": "execute_service_step", "command_status": "RUNNING",
+                    "command_result": {"progress": {"bytes": 1}}, "command_error": None}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.HTTPServer(("127.0.0.1", 0), Once)
+        node = self.task.node
+        node.driver_internal_info["agent_url"] = "http://127.0.0.1:%d" % server.server_port
+        node.service_step = {"interface": "deploy", "step": "snapshot", "abortable": True}
+        serving = threading.Thread(target=server.handle_request)
+        serving.start()
+        try:
+            result = deploy.BmsnapDeploy().process_next_step(self.task, "service")
+        finally:
+            serving.join(5)
+            server.server_close()
+        self.assertIsNone(result)
+        self.assertEqual(len(seen), 1, "one status request per heartbeat")
+        self.assertNotIn(self.TOKEN, seen[0].replace("agent_token=" + self.TOKEN, ""))
+        self.assertEqual(node.driver_internal_info[deploy.INFO]["progress"], {"bytes": 1})
+
+
+def agent_client_module():
+    from ironic.drivers.modules import agent_client
+    return agent_client
 
 
 class CleanupAndVerifyTest(unittest.TestCase):
