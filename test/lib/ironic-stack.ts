@@ -39,7 +39,16 @@ export interface StackOptions {
    * [glance] logs in as the service user "ironic" and finds Glance in the catalog.
    */
   keystonePort?: number;
+  /**
+   * 'keystone' (with keystonePort): the Ironic API validates tokens too, under its stock policy;
+   * the helpers below then talk to it as the Keystone admin, and openstack() as any cloud
+   * added with addCloud().
+   */
+  ironicAuth?: 'keystone';
 }
+
+/** A Keystone user for clouds.yaml (the `openstack` CLI in the chroot). */
+export interface CloudUser { user: string; password: string; project: string }
 
 export type StackService = 'ironic' | 'glance' | 'keystone';
 
@@ -75,6 +84,7 @@ export class IronicStack {
       BMSNAP_IRONIC_CONF_EXTRA: extra,
       BMSNAP_STACK_KEYSTONE: this.opts.keystonePort ? '1' : '0',
       ...(this.opts.keystonePort ? { BMSNAP_KEYSTONE_PORT: String(this.opts.keystonePort) } : {}),
+      ...(this.opts.ironicAuth ? { BMSNAP_IRONIC_AUTH: this.opts.ironicAuth } : {}),
     });
     if (r.exitCode !== 0) return `rc ${r.exitCode}\n${r.stdout}\n${r.stderr}`;
     if (this.opts.keystonePort) {
@@ -104,13 +114,26 @@ export class IronicStack {
   /** A request to Glance; with Keystone, as the admin (project admin) unless headers carry a token. */
   async glanceFetch(path: string, init: RequestInit = {}): Promise<Response> {
     const headers = new Headers(init.headers);
-    if (this.keystone && !headers.has('x-auth-token')) {
-      if (!this.adminToken || Date.now() - this.adminToken.at > 20 * 60_000) {
-        this.adminToken = { token: (await this.keystone.token('admin', this.keystone.admin.password, 'admin')).token, at: Date.now() };
-      }
-      headers.set('x-auth-token', this.adminToken.token);
-    }
+    if (this.keystone && !headers.has('x-auth-token')) headers.set('x-auth-token', await this.adminTokenNow());
     return fetch(`${this.glance}${path}`, { ...init, headers });
+  }
+
+  /** A token of the Keystone admin (project admin), renewed every 20 minutes. */
+  private async adminTokenNow(): Promise<string> {
+    if (!this.adminToken || Date.now() - this.adminToken.at > 20 * 60_000) {
+      this.adminToken = { token: (await this.keystone!.token('admin', this.keystone!.admin.password, 'admin')).token, at: Date.now() };
+    }
+    return this.adminToken.token;
+  }
+
+  /** Adds cloud NAME for USER to the clouds.yaml `openstack()` reads (ironicAuth 'keystone'). */
+  async addCloud(name: string, u: CloudUser): Promise<void> {
+    const file = join(this.dir, '.config/openstack/clouds.yaml');
+    const doc = JSON.parse(await readFile(file, 'utf8')) as { clouds: Record<string, unknown> };
+    doc.clouds[name] = { auth_type: 'password', region_name: 'RegionOne', auth: {
+      auth_url: `${this.keystone!.url}/v3`, username: u.user, password: u.password, project_name: u.project,
+      user_domain_name: 'Default', project_domain_name: 'Default' } };
+    await writeFile(file, JSON.stringify(doc, null, 1), { mode: 0o600 });
   }
 
   async stop(): Promise<string | undefined> {
@@ -123,14 +146,24 @@ export class IronicStack {
   }
 
   async baremetal(args: string[], opts: { json?: boolean; reject?: boolean } = {}) {
-    const r = await execa('bash', [STACK_SCRIPT, 'run', this.dir, 'openstack', 'baremetal', ...args, ...(opts.json ? ['-f', 'json'] : [])],
-      { reject: false, stdin: 'ignore', timeout: 300_000, env: CHILD_ENV });
-    if (opts.reject !== false && r.exitCode !== 0) throw new Error(`openstack baremetal ${args.join(' ')}: rc ${r.exitCode}\n${r.stderr}`);
+    return this.openstack(['baremetal', ...args], opts);
+  }
+
+  /**
+   * The chroot's `openstack` CLI (the stack's plugin dir on its PYTHONPATH, so its OSC commands
+   * too); as the stack's admin, or as cloud CLOUD (addCloud). timeoutS: kill it after that.
+   */
+  async openstack(args: string[], opts: { json?: boolean; reject?: boolean; cloud?: string; timeoutS?: number } = {}) {
+    const cmd = [...(opts.cloud ? ['env', `OS_CLOUD=${opts.cloud}`] : []), 'openstack', ...args, ...(opts.json ? ['-f', 'json'] : [])];
+    const r = await execa('bash', [STACK_SCRIPT, 'run', this.dir, ...cmd],
+      { reject: false, stdin: 'ignore', timeout: (opts.timeoutS ?? 300) * 1000, env: CHILD_ENV });
+    if (opts.reject !== false && r.exitCode !== 0) throw new Error(`openstack ${args.join(' ')}: rc ${r.exitCode}\n${r.stderr}`);
     return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr), json: opts.json && r.exitCode === 0 ? JSON.parse(String(r.stdout)) : undefined };
   }
 
   async getNode(ident: string): Promise<any> {
-    const res = await fetch(`${this.ironic}/v1/nodes/${ident}`, { headers: { 'X-OpenStack-Ironic-API-Version': '1.95' } });
+    const auth: Record<string, string> = this.opts.ironicAuth ? { 'x-auth-token': await this.adminTokenNow() } : {};
+    const res = await fetch(`${this.ironic}/v1/nodes/${ident}`, { headers: { 'X-OpenStack-Ironic-API-Version': '1.95', ...auth } });
     if (res.status !== 200) throw new Error(`GET node ${ident}: ${res.status} ${await res.text()}`);
     return res.json();
   }

@@ -40,7 +40,13 @@
 #                                 endpoint in its catalog (keystone-accounts.py); Glance validates
 #                                 tokens (keystonemiddleware), Ironic's [glance] logs in as "ironic"
 #                                 (password auth, endpoint from the catalog). The Ironic API stays
-#                                 noauth. Passwords: DIR/keystone/{admin,glance,ironic}-password (0600).
+#                                 noauth unless BMSNAP_IRONIC_AUTH=keystone. Passwords:
+#                                 DIR/keystone/{admin,glance,ironic}-password (0600).
+#   BMSNAP_IRONIC_AUTH=noauth|keystone   keystone (needs BMSNAP_STACK_KEYSTONE=1): the Ironic API
+#                                 validates tokens (auth_strategy keystone, its stock policy) and is
+#                                 the catalog's baremetal endpoint; `run` then talks to it as the
+#                                 Keystone admin (OS_CLOUD=admin, DIR/.config/openstack/clouds.yaml,
+#                                 HOME being /stack; add clouds there for other users)
 #   BMSNAP_GLANCE_AUTH=noauth|headerauth|keystone   default keystone with BMSNAP_STACK_KEYSTONE=1,
 #                                 else noauth. headerauth: X-Identity-Status: Confirmed, X-Project-Id,
 #                                 X-Roles (member creates images owned by its project)
@@ -82,7 +88,8 @@ if [ "${1:-}" = __ns ]; then
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME=/stack LANG=C.UTF-8 PYTHONPATH="$pypath" PYTHONDONTWRITEBYTECODE=1 \
     BMSNAP_STACK_DIR="$dir" \
-    OS_AUTH_TYPE=none OS_ENDPOINT="http://127.0.0.1:${IRONIC_PORT:-16385}" \
+    $(if [ "${IRONIC_AUTH:-noauth}" = keystone ]; then echo OS_CLOUD=admin; \
+      else echo OS_AUTH_TYPE=none OS_ENDPOINT="http://127.0.0.1:${IRONIC_PORT:-16385}"; fi) \
     OS_BAREMETAL_API_VERSION=latest \
     IRONIC_URL="http://127.0.0.1:${IRONIC_PORT:-16385}" GLANCE_URL="http://127.0.0.1:${GLANCE_PORT:-19492}" \
     "$@"
@@ -101,13 +108,14 @@ load_env() {
     . "$dir/stack.env"
     ROOT=$BMSNAP_TRIXIE_ROOT PLUGIN=${BMSNAP_IRONIC_PLUGIN:-}
     KEYSTONE=${KEYSTONE:-0}
+    IRONIC_AUTH=${IRONIC_AUTH:-noauth}
   fi
 }
 
 # Runs CMD inside the namespace + chroot, in the foreground.
 ns_run() {
   local dir=$1; shift
-  IRONIC_PORT=$IRONIC_PORT GLANCE_PORT=$GLANCE_PORT \
+  IRONIC_PORT=$IRONIC_PORT GLANCE_PORT=$GLANCE_PORT IRONIC_AUTH=${IRONIC_AUTH:-noauth} \
     unshare --mount --propagation private -- bash "$SELF" __ns "$ROOT" "$dir" "${PLUGIN:-}" "$@"
 }
 
@@ -147,6 +155,55 @@ EOF
   fi
 }
 
+# With BMSNAP_IRONIC_AUTH=keystone: the API validates tokens as the service user "ironic".
+ironic_authtoken_section() {
+  local dir=$1
+  [ "$IRONIC_AUTH" = keystone ] || return 0
+  cat <<EOF
+[keystone_authtoken]
+www_authenticate_uri = http://127.0.0.1:$KEYSTONE_PORT
+auth_url = http://127.0.0.1:$KEYSTONE_PORT
+auth_type = password
+username = ironic
+password = $(cat "$dir/keystone/ironic-password")
+project_name = service
+user_domain_name = Default
+project_domain_name = Default
+service_type = baremetal
+EOF
+}
+
+# With BMSNAP_IRONIC_AUTH=keystone: clouds.yaml (JSON, which is YAML too) with the cloud "admin"
+# that `run` uses; tests add their users' clouds to it. The admin is system-scoped, as Ironic's
+# policy wants of an operator: baremetal:node:set_provision_state:service_steps has no rule for a
+# project admin of another project (the bootstrap admin holds the admin role on the system).
+write_clouds_yaml() {
+  local dir=$1
+  [ "$IRONIC_AUTH" = keystone ] || return 0
+  mkdir -p "$dir/.config/openstack"
+  (umask 077; cat >"$dir/.config/openstack/clouds.yaml" <<EOF
+{"clouds": {"admin": {"auth_type": "password", "region_name": "RegionOne", "auth": {
+  "auth_url": "$KEYSTONE_URL/v3", "username": "admin", "password": "$(cat "$dir/keystone/admin-password")",
+  "user_domain_name": "Default", "system_scope": "all"}}}}
+EOF
+  )
+}
+
+# curl of Ironic's API; with BMSNAP_IRONIC_AUTH=keystone, with an admin token (the password goes
+# to Keystone on stdin, not on a command line)
+ironic_curl() {
+  local dir=$1; shift
+  if [ "$IRONIC_AUTH" = keystone ]; then
+    local token
+    token=$(printf '{"auth": {"identity": {"methods": ["password"], "password": {"user": {"name": "admin", "domain": {"id": "default"}, "password": "%s"}}}, "scope": {"project": {"name": "admin", "domain": {"id": "default"}}}}}' \
+      "$(cat "$dir/keystone/admin-password")" | curl -s --max-time 10 -D - -o /dev/null -H 'content-type: application/json' -d @- "$KEYSTONE_URL/v3/auth/tokens" \
+      | tr -d '\r' | sed -n 's/^[Xx]-[Ss]ubject-[Tt]oken: //p')
+    curl -s --max-time 5 -H "X-Auth-Token: $token" "$@" || true
+  else
+    curl -s --max-time 5 "$@" || true
+  fi
+}
+
 write_ironic_conf() {
   local dir=$1
   mkdir -p "$dir"/{etc/ironic.conf.d,ironic/certificates,ironic/httpboot,ironic/tftpboot,ironic/images,ironic/master_images,tmp,lock}
@@ -160,7 +217,7 @@ log_file = ironic.log
 use_stderr = false
 state_path = /stack/ironic
 tempdir = /stack/tmp
-auth_strategy = noauth
+auth_strategy = $IRONIC_AUTH
 rpc_transport = none
 graceful_shutdown_timeout = 5
 enabled_hardware_types = $HW_TYPES
@@ -243,6 +300,7 @@ auth_type = none
 endpoint_override = http://127.0.0.1:$IRONIC_PORT
 
 $(ironic_glance_section "$dir")
+$(ironic_authtoken_section "$dir")
 
 [oslo_concurrency]
 lock_path = /stack/lock
@@ -413,7 +471,7 @@ EOF
 # Starts a service in the background; records its PID.
 launch() {
   local dir=$1 name=$2; shift 2
-  IRONIC_PORT=$IRONIC_PORT GLANCE_PORT=$GLANCE_PORT \
+  IRONIC_PORT=$IRONIC_PORT GLANCE_PORT=$GLANCE_PORT IRONIC_AUTH=${IRONIC_AUTH:-noauth} \
     unshare --mount --propagation private -- bash "$SELF" __ns "$ROOT" "$dir" "${PLUGIN:-}" "$@" \
     >>"$dir/log/$name.stdout.log" 2>&1 </dev/null &
   echo $! >"$dir/run/$name.pid"
@@ -520,6 +578,8 @@ cmd_start() {
   KEYSTONE_PORT=${BMSNAP_KEYSTONE_PORT:-15000}
   KEYSTONE_URL=
   [ "$KEYSTONE" = 1 ] && KEYSTONE_URL=http://127.0.0.1:$KEYSTONE_PORT
+  IRONIC_AUTH=${BMSNAP_IRONIC_AUTH:-noauth}
+  [ "$IRONIC_AUTH" != keystone ] || [ "$KEYSTONE" = 1 ] || die "BMSNAP_IRONIC_AUTH=keystone needs BMSNAP_STACK_KEYSTONE=1"
   GLANCE_AUTH=${BMSNAP_GLANCE_AUTH:-$([ "$KEYSTONE" = 1 ] && echo keystone || echo noauth)}
   [ "$GLANCE_AUTH" != keystone ] || [ "$KEYSTONE" = 1 ] || die "BMSNAP_GLANCE_AUTH=keystone needs BMSNAP_STACK_KEYSTONE=1"
   TIMEOUT=${BMSNAP_STACK_TIMEOUT:-120}
@@ -538,6 +598,7 @@ IRONIC_REQUIRE_TLS=$REQUIRE_TLS
 IRONIC_FAST_TRACK=$FAST_TRACK
 IRONIC_RESTRICT_LOOKUP=$RESTRICT_LOOKUP
 GLANCE_AUTH=$GLANCE_AUTH
+IRONIC_AUTH=$IRONIC_AUTH
 KEYSTONE=$KEYSTONE
 KEYSTONE_PORT=$KEYSTONE_PORT
 KEYSTONE_URL=$KEYSTONE_URL
@@ -545,6 +606,7 @@ EOF
   local kinit=
   if [ "$KEYSTONE" = 1 ]; then
     keystone_prepare "$dir"
+    write_clouds_yaml "$dir"
     # in the background, during the other dbsyncs (creates the DB once, then only bootstrap)
     ns_run "$dir" sh /stack/bin/keystone-init.sh /stack/keystone "$KEYSTONE_URL" RegionOne /stack/log/keystone.log \
       >"$dir/log/keystone-init.log" 2>&1 &
@@ -581,6 +643,7 @@ EOF
     # Glance and Ironic only talk to Keystone on requests, so they start meanwhile
     wait_healthy "$dir" keystone "$(health_url keystone)" || { log "keystone failed to start (see $dir/log)"; exit 1; }
     ns_run "$dir" python3 /stack/bin/keystone-accounts.py "$KEYSTONE_URL" "http://127.0.0.1:$GLANCE_PORT" RegionOne /stack/keystone \
+      "$([ "$IRONIC_AUTH" = keystone ] && echo "http://127.0.0.1:$IRONIC_PORT")" \
       >>"$dir/log/keystone-init.log" 2>&1 || { tail -n 30 "$dir/log/keystone-init.log" >&2; log "keystone-accounts.py failed"; exit 1; }
   fi
   wait_healthy "$dir" ironic "http://127.0.0.1:$IRONIC_PORT/" || { log "ironic failed to start (see $dir/log)"; ok=0; }
@@ -588,7 +651,7 @@ EOF
   if [ $ok = 1 ]; then
     # the all-in-one process starts the conductor before the API, but check the drivers anyway
     local drivers
-    drivers=$(curl -s --max-time 5 -H 'X-OpenStack-Ironic-API-Version: 1.30' "http://127.0.0.1:$IRONIC_PORT/v1/drivers" || true)
+    drivers=$(ironic_curl "$dir" -H 'X-OpenStack-Ironic-API-Version: 1.30' "http://127.0.0.1:$IRONIC_PORT/v1/drivers")
     [[ $drivers == *"\"${HW_TYPES%%,*}\""* ]] || { log "ironic has no ${HW_TYPES%%,*} driver: $drivers"; ok=0; }
   fi
   [ $ok = 1 ] || exit 1

@@ -39,7 +39,8 @@ export async function followSnapshot(ironic: IronicNodes, ident: string, o: Foll
     if (state !== lastState) { lastState = state; o.onState?.(n); }
     const info = n.driver_internal_info?.bmsnap_snapshot;
     if (info?.progress) feed(info.progress);
-    // (service failed keeps target_provision_state "active": only the lock tells the conductor is done)
+    // (service failed keeps target_provision_state "active": only the lock tells the conductor is
+    // done; where Ironic hides the lock from the caller, the states alone and last_error's grace)
     const settled = !n.reservation && (state === 'service failed' || !n.target_provision_state);
     if (!SERVICING.has(state)) {
       throw new SnapshotFailedError(`node ${label(n)} went to "${state}" instead of servicing: something else is driving it`, n.uuid, n.last_error);
@@ -47,10 +48,16 @@ export async function followSnapshot(ironic: IronicNodes, ident: string, o: Foll
     if (state === 'service failed' && settled) {
       failedAt ||= Date.now();
       if (n.last_error || Date.now() - failedAt > LAST_ERROR_GRACE_MS) {
-        throw new SnapshotFailedError(`snapshot of node ${label(n)} failed: ${singleLine(n.last_error) ?? 'service failed (Ironic recorded no last_error)'}`, n.uuid, n.last_error);
+        const why = singleLine(n.last_error) ?? (n.redacted?.includes('last_error')
+          ? "service failed (Ironic's policy hides last_error from your project: ask the node's owner or an admin)"
+          : 'service failed (Ironic recorded no last_error)');
+        throw new SnapshotFailedError(`snapshot of node ${label(n)} failed: ${why}`, n.uuid, n.last_error);
       }
     } else if (state === 'active' && settled && (busySeen || (info?.image_id && info.image_id !== o.previousImageId))) {
       if (info?.state === 'active' && info.image_id) return info as SnapshotInfo & { image_id: string };
+      if (n.redacted?.includes('driver_internal_info')) {
+        throw new SnapshotFailedError(`node ${label(n)} is active again, but Ironic's policy hides driver_internal_info (where the snapshot's image is recorded) from your project: ask the node's owner or an admin for bmsnap_snapshot`, n.uuid);
+      }
       throw new SnapshotFailedError(`node ${label(n)} is active again but recorded no snapshot image (bmsnap_snapshot state: ${info?.state ?? 'none'}); does it use the bmsnap deploy interface?`, n.uuid, n.last_error);
     }
     if (state !== 'active' || n.target_provision_state) busySeen = true;

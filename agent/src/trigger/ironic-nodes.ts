@@ -24,12 +24,17 @@ export interface IronicNode {
   deploy_interface: string | null;
   instance_uuid: string | null;
   driver_internal_info: { bmsnap_snapshot?: SnapshotInfo; [k: string]: unknown };
+  /** Fields Ironic's policy hid from this caller (set to null / {} above). */
+  redacted?: string[];
 }
 
 export interface ServiceStep { interface: string; step: string; args: Record<string, unknown> }
 
 const SERVICE: Version = [1, 87];
-const FIELDS = 'uuid,name,provision_state,target_provision_state,last_error,maintenance,reservation,deploy_interface,instance_uuid,driver_internal_info';
+// owner and lessee too: Ironic checks a project's right to see last_error, reservation and
+// driver_internal_info against the owner/lessee of the fields it returns; without them a member
+// of the owner project gets those three redacted.
+const FIELDS = 'uuid,name,provision_state,target_provision_state,last_error,maintenance,reservation,deploy_interface,instance_uuid,driver_internal_info,owner,lessee';
 
 export class IronicNodes extends IronicHttp {
   private v(): Promise<string> { return this.version(SERVICE, SERVICE, 'servicing a node'); }
@@ -39,7 +44,7 @@ export class IronicNodes extends IronicHttp {
     const res = await this.send('GET', `/v1/nodes/${encodeURIComponent(ident)}?fields=${FIELDS}`, await this.v(), undefined);
     if (res.statusCode === 404) { await res.body.dump(); return undefined; }
     if (res.statusCode !== 200) return this.fail(res, `reading node ${ident}`);
-    return (await res.body.json()) as IronicNode;
+    return unredact((await res.body.json()) as IronicNode);
   }
 
   /** The UUID of the node running Nova instance ID (node.instance_uuid), if any. */
@@ -55,4 +60,24 @@ export class IronicNodes extends IronicHttp {
     if (res.statusCode !== 202) return this.fail(res, `starting the snapshot on node ${node}`);
     await res.body.dump();
   }
+}
+
+// Ironic's stock policy hides some fields from project members ("** Redacted - requires
+// baremetal:node:get:reservation permission. **", last_error "** Value Redacted - ...",
+// driver_internal_info {"content": "** Redacted ..."}).
+// A redacted value is unknown, not a value: a redacted reservation is not a held lock.
+const REDACTED = /^\*\* (Value )?Redacted/;
+const HIDEABLE = ['reservation', 'last_error', 'driver_internal_info'] as const;
+
+export function unredact(n: IronicNode): IronicNode {
+  const redacted = HIDEABLE.filter((k) => {
+    const v: unknown = n[k];
+    return typeof v === 'string' ? REDACTED.test(v)
+      : typeof v === 'object' && v !== null && Object.values(v).some((x) => typeof x === 'string' && REDACTED.test(x));
+  });
+  for (const k of redacted) {
+    if (k === 'driver_internal_info') n.driver_internal_info = {};
+    else n[k] = null;
+  }
+  return { ...n, redacted };
 }
