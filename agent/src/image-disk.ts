@@ -13,6 +13,15 @@ import { HashingSink } from './sink/hashing-sink.js';
 import { isSeekable, type Sink } from './sink/sink.js';
 import type { Source } from './source/open-source.js';
 import { VERSION } from './version.js';
+import { createHash } from 'node:crypto';
+import { UsageError } from './errors.js';
+import { countMappedClusters } from './encoder/cluster-plan.js';
+import { CLUSTER_SIZE } from './encoder/qcow2/format.js';
+import { ClusterIndexBuilder, clusterCount, serializeIndex, type ClusterIndex } from './incremental/cluster-index.js';
+import { checkParentShape, deltaUsed, planDelta } from './incremental/delta-plan.js';
+import { hashDisk } from './incremental/hash-disk.js';
+
+const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 export type ImageFormat = 'qcow2' | 'raw';
 
@@ -28,6 +37,19 @@ export interface ImageOptions {
   log?: Logger;
   /** The used-block map, if the caller already built it. */
   map?: DiskMap;
+  /**
+   * qcow2: build the image's cluster index (incremental/) and hand it to `onIndex` before the
+   * image is finished; with `parent` (the parent image's index) write a delta against it.
+   */
+  index?: { onIndex: (index: ClusterIndex) => Promise<void> | void; parent?: ClusterIndex };
+}
+
+export interface DeltaManifest {
+  /** SHA-256 of the parent's serialized index: which parent this delta goes on. */
+  parentIndexSha256: string;
+  changedClusters: number;
+  droppedClusters: number;
+  unchangedClusters: number;
 }
 
 export interface Manifest {
@@ -47,6 +69,9 @@ export interface Manifest {
   outsidePartitionsBytes: number;
   usedBytes: number;
   qcow2?: Qcow2Stats;
+  /** The image's cluster index: mapped clusters and the index file's SHA-256. */
+  clusterIndex?: { clusters: number; digest: 'xxh3-128'; sha256: string };
+  delta?: DeltaManifest;
   warnings: string[];
   seconds: number;
 }
@@ -74,8 +99,17 @@ export async function imageDisk(source: Source, sink: Sink, opts: ImageOptions):
     let qcow2: Qcow2Stats | undefined;
     const level = opts.level ?? DEFAULT_LEVEL[opts.codec];
     let digests: Digests;
+    if (opts.index && opts.format !== 'qcow2') throw new UsageError('a cluster index and deltas need the qcow2 format');
+    // A delta: hash the whole disk first, then encode only the clusters the parent lacks.
+    if (opts.index?.parent) checkParentShape(opts.index.parent, CLUSTER_SIZE, map.size);
+    const current = opts.index?.parent ? await hashDisk(source, map, CLUSTER_SIZE, progress, opts.signal) : undefined;
+    const plan = current ? planDelta(opts.index!.parent!, current) : undefined;
+    const builder = opts.index && !current ? await ClusterIndexBuilder.create(CLUSTER_SIZE, map.size, countMappedClusters(map.used, CLUSTER_SIZE)) : undefined;
+    const encodeMap = plan ? { ...map, used: deltaUsed(map.used, plan, CLUSTER_SIZE) } : map;
     if (opts.format === 'qcow2') {
-      qcow2 = await encodeQcow2(source, map, seekable ? { seekable } : { stream: hashing! }, {
+      qcow2 = await encodeQcow2(source, encodeMap, seekable ? { seekable } : { stream: hashing! }, {
+        ...(builder ? { index: builder } : {}),
+        ...(plan ? { delta: { zeroRuns: plan.dropped } } : {}),
         codec: opts.codec,
         level,
         workers: opts.workers ?? availableParallelism(),
@@ -93,6 +127,9 @@ export async function imageDisk(source: Source, sink: Sink, opts: ImageOptions):
     } else {
       digests = await hashing!.digests();
     }
+    const index = current ?? builder?.finish();
+    const indexBytes = index ? serializeIndex(index) : undefined;
+    if (index) await opts.index!.onIndex(index);
     await sink.finish();
     return {
       tool: 'bmsnap',
@@ -111,6 +148,8 @@ export async function imageDisk(source: Source, sink: Sink, opts: ImageOptions):
       outsidePartitionsBytes: map.outsideBytes,
       usedBytes: map.usedBytes,
       ...(qcow2 ? { qcow2 } : {}),
+      ...(index ? { clusterIndex: { clusters: clusterCount(index), digest: 'xxh3-128' as const, sha256: sha256(indexBytes!) } } : {}),
+      ...(plan ? { delta: { parentIndexSha256: sha256(serializeIndex(opts.index!.parent!)), changedClusters: plan.changedClusters, droppedClusters: plan.droppedClusters, unchangedClusters: plan.unchangedClusters } } : {}),
       warnings: map.warnings,
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
     };

@@ -1,5 +1,6 @@
 // `bmsnap image SOURCE -o OUT`: image a disk or raw image file locally.
-import { stat, writeFile } from 'node:fs/promises';
+import { readFile, stat, writeFile } from 'node:fs/promises';
+import { parseIndex, serializeIndex, type ClusterIndex } from '../incremental/cluster-index.js';
 import { parseArgs } from 'node:util';
 import { UsageError, OutputError } from '../errors.js';
 import { choice, integer, keyValues, oneLine } from '../options.js';
@@ -30,6 +31,11 @@ options:
       --stream-cache SIZE qcow2 to a stream (stdout, Glance): memory for compressed data kept
                           from the sizing pass so it is not compressed twice, e.g. 512M, 4G, 0
                           (default: a quarter of available memory, at most 2G)
+      --index PATH        qcow2: also write the image's cluster index (a digest per 64 KiB
+                          cluster) to PATH, for a later --parent-index
+      --parent-index PATH qcow2 with -o: write a DELTA holding only the clusters that differ
+                          from the image whose index is PATH (read it over that image, e.g.
+                          qemu-img rebase -u -b PARENT); see docs/incremental.md
       --json              print the manifest (sizes, sha512, md5, map) as JSON on stdout
       --manifest PATH     write the manifest as JSON to PATH
   -q, --quiet             no progress output, only warnings and errors
@@ -70,6 +76,9 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
   if (!values.scrub && (values['scrub-ops'] || values['scrub-path'])) throw new UsageError('--scrub-ops and --scrub-path need --scrub');
   const scrubOps = values.scrub ? parseOperations(values['scrub-ops']) : undefined;
   const scrubPaths = (values['scrub-path'] ?? []).map((p) => { checkedRelative(p); return p; });
+  if ((values.index || values['parent-index']) && format !== 'qcow2') throw new UsageError('--index and --parent-index need --format qcow2');
+  if ((values.index || values['parent-index']) && values.glance) throw new UsageError('--index and --parent-index work with -o for now (Glance deltas are not built yet)');
+  const parentIndex = values['parent-index'] ? await readParentIndex(values['parent-index']) : undefined;
 
   const human = process.stderr.isTTY === true;
   const logLevel = values['log-level'] ?? (values.quiet ? 'warn' : 'info');
@@ -116,14 +125,19 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
       await checkOutputPath(out!, sourcePath);
       sink = await FileSink.create(out!);
     }
+    let indexBytes: Buffer | undefined;
     const manifest = await imageDisk(source, sink, {
       format, codec, signal, log,
+      ...(values.index || parentIndex ? { index: { onIndex: (i: ClusterIndex) => { indexBytes = serializeIndex(i); }, ...(parentIndex ? { parent: parentIndex } : {}) } } : {}),
       ...(level !== undefined ? { level } : {}),
       ...(workers !== undefined ? { workers } : {}),
       ...(frameCacheBytes !== undefined ? { frameCacheBytes } : {}),
       ...(progress ? { progress } : {}),
     });
     progress?.done();
+    if (values.index) {
+      await writeFile(values.index, indexBytes!).catch((err: Error) => { throw new OutputError(`cannot write cluster index ${values.index}: ${err.message}`); });
+    }
     const json = JSON.stringify(manifest, null, 2) + '\n';
     if (values.manifest) {
       await writeFile(values.manifest, json).catch((err: Error) => { throw new OutputError(`cannot write manifest ${values.manifest}: ${err.message}`); });
@@ -167,8 +181,15 @@ function parse(argv: string[]) {
       scrub: { type: 'boolean' },
       'scrub-ops': { type: 'string' },
       'scrub-path': { type: 'string', multiple: true },
+      index: { type: 'string' },
+      'parent-index': { type: 'string' },
     },
   }));
+}
+
+async function readParentIndex(path: string): Promise<ClusterIndex> {
+  const bytes = await readFile(path).catch((err: NodeJS.ErrnoException) => { throw new UsageError(`cannot read parent index ${path}: ${err.code ?? err.message}`); });
+  return parseIndex(bytes, `parent index ${path}`);
 }
 
 /** "0", "512M", "4G", "1.5G", "65536" (bytes; K/M/G/T are powers of 1024). */

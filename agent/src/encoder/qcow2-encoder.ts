@@ -29,6 +29,7 @@ import { FrameCache } from './frame-cache.js';
 import { CLUSTER_SIZE } from './qcow2/format.js';
 import { fileSizeFor, planLayout, type Layout, type SizeTable } from './qcow2/layout.js';
 import { metadataClusters } from './qcow2/metadata.js';
+import type { ClusterIndexBuilder, ClusterRun } from '../incremental/cluster-index.js';
 
 export interface EncodeOptions {
   codec: CodecName;
@@ -38,6 +39,13 @@ export interface EncodeOptions {
   signal?: AbortSignal;
   /** Stream output only: bytes of sizing-pass frames kept for the writing pass (default 0). */
   frameCacheBytes?: number;
+  /** Fed every mapped cluster's digest, in order, during the first pass (incremental/). */
+  index?: ClusterIndexBuilder;
+  /**
+   * A delta, to be read over its parent: these clusters, and every all-zero mapped one, get
+   * explicit zero entries (an unallocated cluster would show the parent's bytes through).
+   */
+  delta?: { zeroRuns: readonly ClusterRun[] };
 }
 
 export interface Qcow2Stats {
@@ -60,6 +68,8 @@ const BATCH_CLUSTERS = 32;
 /** One batch's result: size codes, and the frames back to back when they were asked for. */
 interface BatchFrames {
   codes: Uint16Array;
+  /** The clusters' digests, when the pass feeds the index. */
+  digests?: Buffer;
   payload: Buffer | undefined;
   /** The pooled buffer `payload` lives in (returned to the pool once consumed). */
   out?: ArrayBuffer;
@@ -76,7 +86,7 @@ export async function encodeQcow2(src: ByteReader, map: DiskMap, out: { stream: 
   const pool = new CompressionPool({ codec: opts.codec, level: opts.level, clusterSize: CLUSTER_SIZE }, opts.workers);
   const inFlight = opts.workers * 2 + 2;
   const table: SizeTable = { codes: new Uint16Array(countMappedClusters(map.used, CLUSTER_SIZE)), storedSize: codec.storedSize };
-  const layout = planLayout(map.size, map.used, codec.storedSize);
+  const layout = planLayout(map.size, map.used, codec.storedSize, opts.delta?.zeroRuns);
   // Batch and payload buffers go to a worker and come back: a fixed set of them bounds memory.
   const freeData: ArrayBuffer[] = [];
   const freeOut: ArrayBuffer[] = [];
@@ -98,14 +108,17 @@ export async function encodeQcow2(src: ByteReader, map: DiskMap, out: { stream: 
         freeData.push(data);
         throw err;
       }
+      // (before the buffer goes to a worker; added to the index in order, by the consumer)
+      const digests = opts.index && mode !== 'verify' ? opts.index.digest(b.clusters, Buffer.from(data)) : undefined;
       // The sizing pass asks for the frames only while the cache has room for them.
       const wantFrames = mode !== 'size' || cache.accepting;
       const out = wantFrames ? freeOut.pop() ?? new ArrayBuffer(BATCH_CLUSTERS * codec.storedSize) : undefined;
       const known = mode === 'verify' ? table.codes.slice(b.ordinal, b.ordinal + b.clusters) : undefined;
       const r = await pool.run(data, b.clusters, out, known);
       freeData.push(r.data);
-      return { codes: r.codes, payload: r.out ? Buffer.from(r.out, 0, r.outLength) : undefined, ...(r.out ? { out: r.out } : {}) };
+      return { codes: r.codes, payload: r.out ? Buffer.from(r.out, 0, r.outLength) : undefined, ...(r.out ? { out: r.out } : {}), ...(digests ? { digests } : {}) };
     }, async (r, b) => {
+      if (r.digests) opts.index!.addDigests(b.firstCluster, b.clusters, r.digests);
       try {
         await consume(r, b);
       } finally {
@@ -122,7 +135,7 @@ export async function encodeQcow2(src: ByteReader, map: DiskMap, out: { stream: 
 
   const writeMetadata = async (write: (chunk: Buffer, position: number) => Promise<void>) => {
     let pos = 0;
-    for (const cluster of metadataClusters(layout, map.used, table, codec.qcowCompressionType, opts.codec === 'none')) {
+    for (const cluster of metadataClusters(layout, map.used, table, codec.qcowCompressionType, opts.codec === 'none', opts.delta?.zeroRuns)) {
       await write(cluster, pos);
       pos += cluster.length;
     }

@@ -57,9 +57,26 @@ export class ClusterIndexBuilder {
 
   /** Adds CLUSTERS consecutive clusters from FIRST, whose bytes are DATA (clusterSize each). */
   add(first: number, clusters: number, data: Uint8Array): void {
+    this.addDigests(first, clusters, this.digest(clusters, data));
+  }
+
+  /** The digests of CLUSTERS clusters in DATA, back to back (to add later, in order). */
+  digest(clusters: number, data: Uint8Array): Buffer {
+    if (data.length < clusters * this.clusterSize) throw new Error('short cluster data');
+    const out = Buffer.alloc(clusters * DIGEST_BYTES);
+    for (let i = 0; i < clusters; i++) {
+      this.hasher.init();
+      this.hasher.update(data.subarray(i * this.clusterSize, (i + 1) * this.clusterSize));
+      out.set(this.hasher.digest('binary'), i * DIGEST_BYTES);
+    }
+    return out;
+  }
+
+  /** Adds the DIGESTS (from digest()) of CLUSTERS consecutive clusters from FIRST. */
+  addDigests(first: number, clusters: number, digests: Uint8Array): void {
     const last = this.runs[this.runs.length - 1];
     if (last && first < last.first + last.count) throw new Error(`cluster ${first} added out of order`);
-    if (data.length < clusters * this.clusterSize) throw new Error('short cluster data');
+    if (digests.length !== clusters * DIGEST_BYTES) throw new Error('digest count does not match');
     if (last && first === last.first + last.count) last.count += clusters;
     else this.runs.push({ first, count: clusters });
     if ((this.n + clusters) * DIGEST_BYTES > this.digests.length) {
@@ -67,11 +84,7 @@ export class ClusterIndexBuilder {
       this.digests.copy(grown);
       this.digests = grown;
     }
-    for (let i = 0; i < clusters; i++) {
-      this.hasher.init();
-      this.hasher.update(data.subarray(i * this.clusterSize, (i + 1) * this.clusterSize));
-      this.digests.set(this.hasher.digest('binary'), (this.n + i) * DIGEST_BYTES);
-    }
+    this.digests.set(digests, this.n * DIGEST_BYTES);
     this.n += clusters;
   }
 

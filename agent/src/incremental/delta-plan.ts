@@ -17,13 +17,18 @@ export interface DeltaPlan {
   unchangedClusters: number;
 }
 
+/** ParentMismatchError unless a delta of a disk of this shape can go on PARENT (checked before any reading). */
+export function checkParentShape(parent: ClusterIndex, clusterSize: number, virtualSize: number): void {
+  if (parent.clusterSize !== clusterSize) {
+    throw new ParentMismatchError(`the parent's clusters are ${parent.clusterSize} bytes, this image's ${clusterSize}: no delta between them`);
+  }
+  if (parent.virtualSize !== virtualSize) {
+    throw new ParentMismatchError(`the parent is a ${parent.virtualSize}-byte disk and this one ${virtualSize} bytes: a delta needs the same disk size`);
+  }
+}
+
 export function planDelta(parent: ClusterIndex, current: ClusterIndex): DeltaPlan {
-  if (parent.clusterSize !== current.clusterSize) {
-    throw new ParentMismatchError(`the parent's clusters are ${parent.clusterSize} bytes, this image's ${current.clusterSize}: no delta between them`);
-  }
-  if (parent.virtualSize !== current.virtualSize) {
-    throw new ParentMismatchError(`the parent is a ${parent.virtualSize}-byte disk and this one ${current.virtualSize} bytes: a delta needs the same disk size`);
-  }
+  checkParentShape(parent, current.clusterSize, current.virtualSize);
   const changed = new RunList();
   const dropped = new RunList();
   let unchanged = 0;

@@ -1,6 +1,7 @@
 // qcow2 version 3 on-disk constants and encoders (qemu docs/interop/qcow2.txt). bmsnap writes
 // one fixed flavour: 64 KiB clusters, 16-bit refcounts, no snapshots, no backing file, no
-// extensions; compressed clusters byte-packed, or (codec none) plain clusters.
+// extensions; compressed clusters byte-packed, or (codec none) plain clusters; a delta
+// (incremental/) also has zero-flagged clusters.
 
 export const CLUSTER_BITS = 16;
 export const CLUSTER_SIZE = 1 << CLUSTER_BITS;
@@ -51,6 +52,9 @@ export function compressedEntry(offset: number, size: number): bigint {
   const extraSectors = BigInt(Math.floor((offset + size - 1) / 512) - Math.floor(offset / 512));
   return OFLAG_COMPRESSED | (extraSectors << csizeShift) | BigInt(offset);
 }
+
+/** L2 entry "reads as zeros" (standard cluster, bit 0, offset 0: nothing allocated). */
+export const ZERO_ENTRY = 1n;
 
 export function plainEntry(offset: number): bigint {
   return OFLAG_COPIED | BigInt(offset);

@@ -8,6 +8,7 @@ import { mappedClusters } from '../cluster-plan.js';
 import type { Extent } from '../../map/extents.js';
 import { STORED } from '../compress/protocol.js';
 import { CLUSTER_SIZE, L2_ENTRIES, REFCOUNTS_PER_BLOCK } from './format.js';
+import type { ClusterRun } from '../../incremental/cluster-index.js';
 
 export interface SizeTable {
   /** Per mapped cluster: 0 = zero (not stored), STORED = stored frame, else compressed length. */
@@ -54,16 +55,20 @@ export function* storedClusters(used: readonly Extent[], table: SizeTable, dataO
   }
 }
 
-export function planLayout(virtualSize: number, used: readonly Extent[], storedSize: number): Layout {
+/** ZERORUNS (a delta's explicit zero clusters) need L2 tables too, but no data. */
+export function planLayout(virtualSize: number, used: readonly Extent[], storedSize: number, zeroRuns: readonly ClusterRun[] = []): Layout {
   const l1Size = Math.max(1, Math.ceil(clustersFor(virtualSize) / L2_ENTRIES));
   const l1Clusters = clustersFor(l1Size * 8);
-  const l2Indexes: number[] = [];
+  const tables = new Set<number>();
   let mapped = 0;
   for (const guest of mappedClusters(used, CLUSTER_SIZE)) {
-    const l1i = Math.floor(guest / L2_ENTRIES);
-    if (l2Indexes[l2Indexes.length - 1] !== l1i) l2Indexes.push(l1i);
+    tables.add(Math.floor(guest / L2_ENTRIES));
     mapped++;
   }
+  for (const r of zeroRuns) {
+    for (let l1i = Math.floor(r.first / L2_ENTRIES); l1i <= Math.floor((r.first + r.count - 1) / L2_ENTRIES); l1i++) tables.add(l1i);
+  }
+  const l2Indexes = [...tables].sort((a, b) => a - b);
   const maxDataClusters = clustersFor(mapped * storedSize);
   // Refcount structures must count themselves: iterate to a fixed point.
   let refBlocks = 1;

@@ -1,10 +1,12 @@
 // The metadata clusters, generated in file order from the layout and the sizing table; each
 // generator holds at most one table in memory.
 import type { Extent } from '../../map/extents.js';
-import { CLUSTER_SIZE, L2_ENTRIES, OFLAG_COPIED, REFCOUNTS_PER_BLOCK, compressedEntry, encodeHeader, plainEntry } from './format.js';
-import { storedClusters, type Layout, type SizeTable } from './layout.js';
+import { mappedClusters } from '../cluster-plan.js';
+import type { ClusterRun } from '../../incremental/cluster-index.js';
+import { CLUSTER_SIZE, L2_ENTRIES, OFLAG_COPIED, REFCOUNTS_PER_BLOCK, ZERO_ENTRY, compressedEntry, encodeHeader, plainEntry } from './format.js';
+import { sizeOf, storedClusters, type Layout, type SizeTable } from './layout.js';
 
-export function* metadataClusters(layout: Layout, used: readonly Extent[], table: SizeTable, compressionType: 0 | 1, plain: boolean): Generator<Buffer> {
+export function* metadataClusters(layout: Layout, used: readonly Extent[], table: SizeTable, compressionType: 0 | 1, plain: boolean, zeroRuns?: readonly ClusterRun[]): Generator<Buffer> {
   yield encodeHeader({
     virtualSize: layout.virtualSize,
     l1Size: layout.l1Size,
@@ -16,7 +18,7 @@ export function* metadataClusters(layout: Layout, used: readonly Extent[], table
   yield l1Table(layout);
   yield refcountTable(layout);
   yield* refcountBlocks(layout, used, table);
-  yield* l2Tables(layout, used, table, plain);
+  yield* l2Tables(layout, used, table, plain, zeroRuns);
 }
 
 function l1Table(layout: Layout): Buffer {
@@ -61,17 +63,48 @@ function* refcountBlocks(layout: Layout, used: readonly Extent[], table: SizeTab
   }
 }
 
-/** One L2 table per planned L1 index (some may stay empty: all their clusters were zero). */
-function* l2Tables(layout: Layout, used: readonly Extent[], table: SizeTable, plain: boolean): Generator<Buffer> {
-  const clusters = storedClusters(used, table, layout.dataOffset);
-  let next = clusters.next();
+/**
+ * One L2 table per planned L1 index (some may stay empty: all their clusters were zero). With
+ * ZERORUNS (a delta) every zero cluster is written as such: the runs, and mapped all-zero ones.
+ */
+function* l2Tables(layout: Layout, used: readonly Extent[], table: SizeTable, plain: boolean, zeroRuns?: readonly ClusterRun[]): Generator<Buffer> {
+  const entries = l2Entries(used, table, layout.dataOffset, plain, zeroRuns);
+  let next = entries.next();
   for (const l1i of layout.l2Offsets.keys()) {
     const b = Buffer.alloc(CLUSTER_SIZE);
     while (!next.done && Math.floor(next.value.guest / L2_ENTRIES) === l1i) {
-      const c = next.value;
-      b.writeBigUInt64BE(plain ? plainEntry(c.offset) : compressedEntry(c.offset, c.size), (c.guest % L2_ENTRIES) * 8);
-      next = clusters.next();
+      b.writeBigUInt64BE(next.value.entry, (next.value.guest % L2_ENTRIES) * 8);
+      next = entries.next();
     }
     yield b;
+  }
+}
+
+/** Every non-empty L2 entry, in guest order; all-zero clusters only for a delta (ZERORUNS set). */
+function* l2Entries(used: readonly Extent[], table: SizeTable, dataOffset: number, plain: boolean, zeroRuns?: readonly ClusterRun[]): Generator<{ guest: number; entry: bigint }> {
+  let k = 0;
+  let offset = dataOffset;
+  const mapped = mappedClusters(used, CLUSTER_SIZE);
+  let m = mapped.next();
+  const runs = (zeroRuns ?? [])[Symbol.iterator]();
+  let run = runs.next();
+  let inRun = 0;
+  // the mapped clusters and the zero runs are disjoint: merge them by guest cluster
+  while (!m.done || !run.done) {
+    const runGuest = run.done ? Infinity : run.value.first + inRun;
+    if (m.done || runGuest < m.value) {
+      yield { guest: runGuest, entry: ZERO_ENTRY };
+      if (++inRun >= run.value!.count) { run = runs.next(); inRun = 0; }
+      continue;
+    }
+    const code = table.codes[k++]!;
+    if (code === 0) {
+      if (zeroRuns) yield { guest: m.value, entry: ZERO_ENTRY };
+    } else {
+      const size = sizeOf(code, table);
+      yield { guest: m.value, entry: plain ? plainEntry(offset) : compressedEntry(offset, size) };
+      offset += size;
+    }
+    m = mapped.next();
   }
 }
