@@ -155,22 +155,28 @@ EOF
   fi
 }
 
-# With BMSNAP_IRONIC_AUTH=keystone: the API validates tokens as the service user "ironic".
-ironic_authtoken_section() {
-  local dir=$1
-  [ "$IRONIC_AUTH" = keystone ] || return 0
+# [keystone_authtoken] of a service validating tokens for SERVICE_TYPE as service user USER
+# (password in DIR/keystone/USER-password).
+authtoken_section() {
+  local dir=$1 user=$2 service_type=$3
   cat <<EOF
 [keystone_authtoken]
 www_authenticate_uri = http://127.0.0.1:$KEYSTONE_PORT
 auth_url = http://127.0.0.1:$KEYSTONE_PORT
 auth_type = password
-username = ironic
-password = $(cat "$dir/keystone/ironic-password")
+username = $user
+password = $(cat "$dir/keystone/$user-password")
 project_name = service
 user_domain_name = Default
 project_domain_name = Default
-service_type = baremetal
+service_type = $service_type
 EOF
+}
+
+# With BMSNAP_IRONIC_AUTH=keystone: the API validates tokens as the service user "ironic".
+ironic_authtoken_section() {
+  [ "$IRONIC_AUTH" = keystone ] || return 0
+  authtoken_section "$1" ironic baremetal
 }
 
 # With BMSNAP_IRONIC_AUTH=keystone: clouds.yaml (JSON, which is YAML too) with the cloud "admin"
@@ -362,21 +368,9 @@ enforce_new_defaults = $new_defaults
 enforce_scope = $new_defaults
 EOF
   if [ "$GLANCE_AUTH" = keystone ]; then
-    cat >>"$dir/etc/glance-api.conf" <<EOF
-
-[keystone_authtoken]
-www_authenticate_uri = http://127.0.0.1:$KEYSTONE_PORT
-auth_url = http://127.0.0.1:$KEYSTONE_PORT
-auth_type = password
-username = glance
-password = $(cat "$dir/keystone/glance-password")
-project_name = service
-user_domain_name = Default
-project_domain_name = Default
-# tokens of application credentials with access rules (the plugin's per-snapshot upload
-# credential) are checked against this service type
-service_type = image
-EOF
+    # service type "image": tokens of application credentials with access rules (the plugin's
+    # per-snapshot upload credential) are checked against it
+    { echo; authtoken_section "$dir" glance image; } >>"$dir/etc/glance-api.conf"
   fi
   # flavor "" (noauth): every request is admin; "headerauth": identity from X-* headers
   # (X-Identity-Status: Confirmed, X-Project-Id, X-Roles), i.e. keystone's pipeline minus authtoken;

@@ -31,11 +31,16 @@ options:
       --stream-cache SIZE qcow2 to a stream (stdout, Glance): memory for compressed data kept
                           from the sizing pass so it is not compressed twice, e.g. 512M, 4G, 0
                           (default: a quarter of available memory, at most 2G)
-      --index PATH        qcow2: also write the image's cluster index (a digest per 64 KiB
+incremental (qcow2; docs/incremental.md):
+      --index PATH        with -o: also write the image's cluster index (a digest per 64 KiB
                           cluster) to PATH, for a later --parent-index
-      --parent-index PATH qcow2 with -o: write a DELTA holding only the clusters that differ
-                          from the image whose index is PATH (read it over that image, e.g.
-                          qemu-img rebase -u -b PARENT); see docs/incremental.md
+      --with-index        with --glance: store the index in Glance, beside the image (hidden)
+      --parent-index PATH with -o: write a DELTA holding only the clusters that differ from the
+                          image whose index is PATH (read it over that image, e.g.
+                          qemu-img rebase -u -b PARENT)
+      --parent IMAGE      with --glance: upload a DELTA against Glance image IMAGE (which has an
+                          index), recorded in the properties bmsnap_parent_image and
+                          bmsnap_parent_index_sha256; stores this image's index too
       --json              print the manifest (sizes, sha512, md5, map) as JSON on stdout
       --manifest PATH     write the manifest as JSON to PATH
   -q, --quiet             no progress output, only warnings and errors
@@ -76,8 +81,12 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
   if (!values.scrub && (values['scrub-ops'] || values['scrub-path'])) throw new UsageError('--scrub-ops and --scrub-path need --scrub');
   const scrubOps = values.scrub ? parseOperations(values['scrub-ops']) : undefined;
   const scrubPaths = (values['scrub-path'] ?? []).map((p) => { checkedRelative(p); return p; });
-  if ((values.index || values['parent-index']) && format !== 'qcow2') throw new UsageError('--index and --parent-index need --format qcow2');
-  if ((values.index || values['parent-index']) && values.glance) throw new UsageError('--index and --parent-index work with -o for now (Glance deltas are not built yet)');
+  const incremental = values.index !== undefined || values['with-index'] === true || values['parent-index'] !== undefined || values.parent !== undefined;
+  if (incremental && format !== 'qcow2') throw new UsageError('--index, --parent and --parent-index need --format qcow2');
+  if (values.glance && values['parent-index']) throw new UsageError('with --glance the parent is a Glance image: --parent IMAGE');
+  if (!values.glance && values.parent) throw new UsageError('--parent IMAGE goes with --glance; with -o use --parent-index PATH');
+  if (values.glance && values.index !== undefined) throw new UsageError('with --glance the index goes into Glance: --with-index (no PATH)');
+  if (!values.glance && values['with-index']) throw new UsageError('--with-index goes with --glance; with -o use --index PATH');
   const parentIndex = values['parent-index'] ? await readParentIndex(values['parent-index']) : undefined;
 
   const human = process.stderr.isTTY === true;
@@ -97,6 +106,7 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
         name: values.glance, visibility, format, codec, retries, keepFailed: values['keep-failed'] === true,
         properties: { ...(scrubOps ? { bmsnap_scrubbed: scrubOps.map((o) => o.name).join(',') } : {}), ...properties },
         captureMethod: 'offline-cli', signal, log,
+        ...(incremental ? { incremental: values.parent ? { parentImageId: values.parent } : {} } : {}),
         ...(level !== undefined ? { level } : {}),
         ...(workers !== undefined ? { workers } : {}),
         ...(frameCacheBytes !== undefined ? { frameCacheBytes } : {}),
@@ -182,7 +192,9 @@ function parse(argv: string[]) {
       'scrub-ops': { type: 'string' },
       'scrub-path': { type: 'string', multiple: true },
       index: { type: 'string' },
+      'with-index': { type: 'boolean' },
       'parent-index': { type: 'string' },
+      parent: { type: 'string' },
     },
   }));
 }

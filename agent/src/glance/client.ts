@@ -1,4 +1,5 @@
-// A small Glance v2 client over undici: create, upload (chunked, streamed), show, delete.
+// A small Glance v2 client over undici: create, upload (chunked, streamed), show, download
+// (small images only), delete.
 import { Readable } from 'node:stream';
 import { request, type Dispatcher } from 'undici';
 import { answered, describeNetError, tlsAgent, type TlsOptions } from '../openstack/http.js';
@@ -100,6 +101,22 @@ export class GlanceClient {
     } finally {
       await fresh.destroy().catch(() => undefined);   // nothing in flight by now; never waits
     }
+  }
+
+  /** The whole data of a small image (a cluster index); GlanceError past MAXBYTES. */
+  async download(id: string, maxBytes: number, signal?: AbortSignal): Promise<Buffer> {
+    const res = await this.call('GET', `/v2/images/${encodeURIComponent(id)}/file`, { what: `downloading image ${id}`, ...(signal ? { signal } : {}) });
+    const parts: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of res.body) {
+      size += chunk.length;
+      if (size > maxBytes) {
+        res.body.destroy();
+        throw new GlanceError(`downloading image ${id}: larger than ${maxBytes} bytes, not what was expected`);
+      }
+      parts.push(chunk as Buffer);
+    }
+    return Buffer.concat(parts, size);
   }
 
   async deleteImage(id: string): Promise<void> {

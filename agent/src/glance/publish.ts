@@ -4,7 +4,7 @@
 // a fresh image each time (Glance has no resumable upload).
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
-import { AbortedError } from '../errors.js';
+import { AbortedError, UsageError } from '../errors.js';
 import { imageDisk, type ImageFormat, type Manifest } from '../image-disk.js';
 import { buildDiskMap, type DiskMap } from '../map/build-map.js';
 import type { CodecName } from '../encoder/compress/codecs.js';
@@ -14,6 +14,8 @@ import { VERSION } from '../version.js';
 import type { GlanceClient, GlanceImage } from './client.js';
 import { GlanceError, VerificationError } from './errors.js';
 import { GlanceSink } from './glance-sink.js';
+import { serializeIndex, type ClusterIndex } from '../incremental/cluster-index.js';
+import { PROP, createIndexImage, loadParentIndex, sha256Hex, uploadIndex } from '../incremental/glance-index.js';
 
 export interface PublishOptions {
   name: string;
@@ -36,6 +38,11 @@ export interface PublishOptions {
   imageId?: string;
   /** The used-block map, if the caller built it (live capture adds its volumes to it). */
   map?: DiskMap;
+  /**
+   * qcow2: store the image's cluster index beside it (a hidden companion image, docs/incremental.md);
+   * with parentImageId, upload a delta against that image (which must carry an index).
+   */
+  incremental?: { parentImageId?: string };
   progress?: Progress;
   signal?: AbortSignal;
   log?: Logger;
@@ -53,13 +60,16 @@ export async function publishToGlance(source: Source, client: GlanceClient, opts
   const map = opts.map ?? await buildDiskMap(source, source.sectorSize);
   if (!opts.map) for (const w of map.warnings) opts.log?.warn(w);
   const retries = opts.imageId ? 0 : opts.retries ?? 2;
+  if (opts.incremental && (opts.imageId || opts.format !== 'qcow2')) throw new UsageError('a cluster index and deltas need a qcow2 image that bmsnap creates');
+  const parentId = opts.incremental?.parentImageId;
+  const parent = parentId ? await loadParentIndex(client, parentId, opts.signal) : undefined;
   // Failed images whose DELETE failed too (Glance unreachable): tried again before each retry and
   // at the end; the final error names any still left, so the user can remove them.
   const leftBehind = new Set<string>();
   for (let attempt = 1; ; attempt++) {
     try {
       if (leftBehind.size) await deleteLeftBehind(client, leftBehind, opts);
-      const { image, manifest } = await attemptOnce(source, client, map, opts, leftBehind);
+      const { image, manifest } = await attemptOnce(source, client, map, opts, leftBehind, parent);
       return { image, manifest, attempts: attempt };
     } catch (err) {
       const retry = err instanceof GlanceError && err.retryable && attempt <= retries && !opts.signal?.aborted;
@@ -87,17 +97,34 @@ async function deleteLeftBehind(client: GlanceClient, ids: Set<string>, opts: Pu
   }
 }
 
-async function attemptOnce(source: Source, client: GlanceClient, map: DiskMap, opts: PublishOptions, leftBehind: Set<string>): Promise<{ image: GlanceImage; manifest: Manifest }> {
+type Parent = Awaited<ReturnType<typeof loadParentIndex>>;
+
+async function attemptOnce(source: Source, client: GlanceClient, map: DiskMap, opts: PublishOptions, leftBehind: Set<string>, parent?: Parent): Promise<{ image: GlanceImage; manifest: Manifest }> {
   const owned = !opts.imageId;
+  const visibility = opts.visibility ?? 'private';
+  // the index image first, so that the image can name it from its creation on
+  const indexImage = opts.incremental ? await createIndexImage(client, opts.name, visibility, opts.signal) : undefined;
+  const discard = async (id: string) => {
+    if (opts.keepFailed) { opts.log?.warn({ image: id }, 'keeping the failed image (--keep-failed)'); return; }
+    await client.deleteImage(id).catch((e: Error) => {
+      opts.log?.error({ image: id, error: e.message }, 'could not delete the failed image');
+      leftBehind.add(id);
+    });
+  };
   const image = opts.imageId ? await client.getImage(opts.imageId) : await client.createImage({
     name: opts.name,
     disk_format: opts.format,
     container_format: 'bare',
-    visibility: opts.visibility ?? 'private',
+    visibility,
     min_disk: Math.ceil(map.size / GiB),
     ...provenance(source, map, opts),
+    ...(indexImage ? { [PROP.index]: indexImage.id } : {}),
+    ...(parent ? { [PROP.parent]: parent.image.id, [PROP.parentIndexSha256]: parent.sha256 } : {}),
     ...opts.properties,
-  }, opts.signal);
+  }, opts.signal).catch(async (err: unknown) => {
+    if (indexImage) await discard(indexImage.id);
+    throw err;
+  });
   if (owned) opts.log?.info({ image: image.id, name: opts.name }, 'glance image created');
   else if (image.status !== 'queued') throw new GlanceError(`image ${image.id} is ${image.status}, not queued: it cannot take the upload`);
   // An image created for us (the conductor plugin, in-band hand-over) gets the same provenance
@@ -105,8 +132,10 @@ async function attemptOnce(source: Source, client: GlanceClient, map: DiskMap, o
   if (!owned) await client.setProperties(image, { ...provenance(source, map, opts), ...opts.properties }, opts.signal);
   try {
     const sink = new GlanceSink(client, image.id);
+    let indexBytes: Buffer | undefined;
     const manifest = await imageDisk(source, sink, {
       format: opts.format, codec: opts.codec, map,
+      ...(opts.incremental ? { index: { onIndex: (i: ClusterIndex) => { indexBytes = serializeIndex(i); }, ...(parent ? { parent: parent.index } : {}) } } : {}),
       ...(opts.level !== undefined ? { level: opts.level } : {}),
       ...(opts.workers !== undefined ? { workers: opts.workers } : {}),
       ...(opts.frameCacheBytes !== undefined ? { frameCacheBytes: opts.frameCacheBytes } : {}),
@@ -116,18 +145,15 @@ async function attemptOnce(source: Source, client: GlanceClient, map: DiskMap, o
     });
     const stored = await client.getImage(image.id);
     verify(stored, manifest);
-    return { image: stored, manifest };
+    if (!indexImage) return { image: stored, manifest };
+    await uploadIndex(client, indexImage, indexBytes!, image.id, opts.signal);
+    const indexed = await client.setProperties(stored, { [PROP.indexSha256]: sha256Hex(indexBytes!) }, opts.signal);
+    opts.log?.info({ image: image.id, index: indexImage.id, delta: manifest.delta }, 'cluster index stored');
+    return { image: indexed, manifest };
   } catch (err) {
-    if (!owned) {
-      // Not ours to delete.
-    } else if (opts.keepFailed) {
-      opts.log?.warn({ image: image.id }, 'keeping the failed image (--keep-failed)');
-    } else {
-      await client.deleteImage(image.id).catch((e: Error) => {
-        opts.log?.error({ image: image.id, error: e.message }, 'could not delete the failed image');
-        leftBehind.add(image.id);
-      });
-    }
+    // An image created for us (imageId) is not ours to delete.
+    if (owned) await discard(image.id);
+    if (indexImage) await discard(indexImage.id);
     throw err;
   }
 }
