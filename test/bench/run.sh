@@ -10,6 +10,7 @@
 #      BENCH_MAKE_DISK  disk builder (default ../shared/bench/make-disk.sh)
 #      BENCH_CACHE      reference disk cache (default /var/cache/bmsnap-bench)
 #      BENCH_STRICT=1   exit 1 when a target fails
+#      BENCH_SKIP_INCREMENTAL=1 skip the second-snapshot rows (incremental.sh: full vs delta after a 1 % change)
 #      BENCH_SKIP_SCALE=1 skip the scaling rows (scale.sh: the same 1 GiB on an 8 GiB and a 2 TiB disk, ~1 min)
 # Needs root (loop devices, drop_caches).
 set -euo pipefail
@@ -144,6 +145,9 @@ if [ -n "${time_cc:-}" ] && [ -n "$time_gb" ]; then
 fi
 if [ "${BENCH_SKIP_SCALE:-0}" != 1 ]; then
   bash test/bench/scale.sh "$dir/scale"
+fi
+if [ "${BENCH_SKIP_INCREMENTAL:-0}" != 1 ]; then
+  source test/bench/incremental.sh "$ref" "$dir/incremental"
 fi
 echo
 echo "outputs in $dir"
