@@ -13,15 +13,12 @@ import { HashingSink } from './sink/hashing-sink.js';
 import { isSeekable, type Sink } from './sink/sink.js';
 import type { Source } from './source/open-source.js';
 import { VERSION } from './version.js';
-import { createHash } from 'node:crypto';
 import { UsageError } from './errors.js';
 import { countMappedClusters } from './encoder/cluster-plan.js';
 import { CLUSTER_SIZE } from './encoder/qcow2/format.js';
-import { ClusterIndexBuilder, clusterCount, serializeIndex, type ClusterIndex } from './incremental/cluster-index.js';
+import { ClusterIndexBuilder, clusterCount, serializeIndex, sha256Hex, type ClusterIndex } from './incremental/cluster-index.js';
 import { checkParentShape, deltaUsed, planDelta } from './incremental/delta-plan.js';
 import { hashDisk } from './incremental/hash-disk.js';
-
-const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 export type ImageFormat = 'qcow2' | 'raw';
 
@@ -38,10 +35,11 @@ export interface ImageOptions {
   /** The used-block map, if the caller already built it. */
   map?: DiskMap;
   /**
-   * qcow2: build the image's cluster index (incremental/) and hand it to `onIndex` before the
-   * image is finished; with `parent` (the parent image's index) write a delta against it.
+   * qcow2: build the image's cluster index (incremental/) and hand it, serialized, to `onIndex`
+   * before the image is finished; with `parent` (the parent image's index and the SHA-256 of its
+   * file) write a delta against it.
    */
-  index?: { onIndex: (index: ClusterIndex) => Promise<void> | void; parent?: ClusterIndex };
+  index?: { onIndex: (serialized: Buffer) => Promise<void> | void; parent?: { index: ClusterIndex; sha256: string } };
 }
 
 export interface DeltaManifest {
@@ -101,9 +99,10 @@ export async function imageDisk(source: Source, sink: Sink, opts: ImageOptions):
     let digests: Digests;
     if (opts.index && opts.format !== 'qcow2') throw new UsageError('a cluster index and deltas need the qcow2 format');
     // A delta: hash the whole disk first, then encode only the clusters the parent lacks.
-    if (opts.index?.parent) checkParentShape(opts.index.parent, CLUSTER_SIZE, map.size);
-    const current = opts.index?.parent ? await hashDisk(source, map, CLUSTER_SIZE, progress, opts.signal) : undefined;
-    const plan = current ? planDelta(opts.index!.parent!, current) : undefined;
+    const parent = opts.index?.parent;
+    if (parent) checkParentShape(parent.index, CLUSTER_SIZE, map.size);
+    const current = parent ? await hashDisk(source, map, CLUSTER_SIZE, progress, opts.signal) : undefined;
+    const plan = parent && current ? planDelta(parent.index, current) : undefined;
     const builder = opts.index && !current ? await ClusterIndexBuilder.create(CLUSTER_SIZE, map.size, countMappedClusters(map.used, CLUSTER_SIZE)) : undefined;
     const encodeMap = plan ? { ...map, used: deltaUsed(map.used, plan, CLUSTER_SIZE) } : map;
     if (opts.format === 'qcow2') {
@@ -129,7 +128,7 @@ export async function imageDisk(source: Source, sink: Sink, opts: ImageOptions):
     }
     const index = current ?? builder?.finish();
     const indexBytes = index ? serializeIndex(index) : undefined;
-    if (index) await opts.index!.onIndex(index);
+    if (indexBytes) await opts.index!.onIndex(indexBytes);
     await sink.finish();
     return {
       tool: 'bmsnap',
@@ -148,8 +147,8 @@ export async function imageDisk(source: Source, sink: Sink, opts: ImageOptions):
       outsidePartitionsBytes: map.outsideBytes,
       usedBytes: map.usedBytes,
       ...(qcow2 ? { qcow2 } : {}),
-      ...(index ? { clusterIndex: { clusters: clusterCount(index), digest: 'xxh3-128' as const, sha256: sha256(indexBytes!) } } : {}),
-      ...(plan ? { delta: { parentIndexSha256: sha256(serializeIndex(opts.index!.parent!)), changedClusters: plan.changedClusters, droppedClusters: plan.droppedClusters, unchangedClusters: plan.unchangedClusters } } : {}),
+      ...(index ? { clusterIndex: { clusters: clusterCount(index), digest: 'xxh3-128' as const, sha256: sha256Hex(indexBytes!) } } : {}),
+      ...(plan ? { delta: { parentIndexSha256: parent!.sha256, changedClusters: plan.changedClusters, droppedClusters: plan.droppedClusters, unchangedClusters: plan.unchangedClusters } } : {}),
       warnings: map.warnings,
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
     };

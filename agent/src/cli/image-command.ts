@@ -1,6 +1,6 @@
 // `bmsnap image SOURCE -o OUT`: image a disk or raw image file locally.
 import { readFile, stat, writeFile } from 'node:fs/promises';
-import { parseIndex, serializeIndex, type ClusterIndex } from '../incremental/cluster-index.js';
+import { parseIndex, sha256Hex, type ClusterIndex } from '../incremental/cluster-index.js';
 import { parseArgs } from 'node:util';
 import { UsageError, OutputError } from '../errors.js';
 import { choice, integer, keyValues, oneLine } from '../options.js';
@@ -138,7 +138,7 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
     let indexBytes: Buffer | undefined;
     const manifest = await imageDisk(source, sink, {
       format, codec, signal, log,
-      ...(values.index || parentIndex ? { index: { onIndex: (i: ClusterIndex) => { indexBytes = serializeIndex(i); }, ...(parentIndex ? { parent: parentIndex } : {}) } } : {}),
+      ...(values.index || parentIndex ? { index: { onIndex: (b: Buffer) => { indexBytes = b; }, ...(parentIndex ? { parent: parentIndex } : {}) } } : {}),
       ...(level !== undefined ? { level } : {}),
       ...(workers !== undefined ? { workers } : {}),
       ...(frameCacheBytes !== undefined ? { frameCacheBytes } : {}),
@@ -199,9 +199,9 @@ function parse(argv: string[]) {
   }));
 }
 
-async function readParentIndex(path: string): Promise<ClusterIndex> {
+async function readParentIndex(path: string): Promise<{ index: ClusterIndex; sha256: string }> {
   const bytes = await readFile(path).catch((err: NodeJS.ErrnoException) => { throw new UsageError(`cannot read parent index ${path}: ${err.code ?? err.message}`); });
-  return parseIndex(bytes, `parent index ${path}`);
+  return { index: parseIndex(bytes, `parent index ${path}`), sha256: sha256Hex(bytes) };
 }
 
 /** "0", "512M", "4G", "1.5G", "65536" (bytes; K/M/G/T are powers of 1024). */

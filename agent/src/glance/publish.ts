@@ -14,8 +14,8 @@ import { VERSION } from '../version.js';
 import type { GlanceClient, GlanceImage } from './client.js';
 import { GlanceError, VerificationError } from './errors.js';
 import { GlanceSink } from './glance-sink.js';
-import { serializeIndex, type ClusterIndex } from '../incremental/cluster-index.js';
-import { PROP, createIndexImage, loadParentIndex, sha256Hex, uploadIndex } from '../incremental/glance-index.js';
+import { sha256Hex } from '../incremental/cluster-index.js';
+import { PROP, createIndexImage, loadParentIndex, uploadIndex } from '../incremental/glance-index.js';
 
 export interface PublishOptions {
   name: string;
@@ -135,7 +135,7 @@ async function attemptOnce(source: Source, client: GlanceClient, map: DiskMap, o
     let indexBytes: Buffer | undefined;
     const manifest = await imageDisk(source, sink, {
       format: opts.format, codec: opts.codec, map,
-      ...(opts.incremental ? { index: { onIndex: (i: ClusterIndex) => { indexBytes = serializeIndex(i); }, ...(parent ? { parent: parent.index } : {}) } } : {}),
+      ...(opts.incremental ? { index: { onIndex: (b: Buffer) => { indexBytes = b; }, ...(parent ? { parent } : {}) } } : {}),
       ...(opts.level !== undefined ? { level: opts.level } : {}),
       ...(opts.workers !== undefined ? { workers: opts.workers } : {}),
       ...(opts.frameCacheBytes !== undefined ? { frameCacheBytes: opts.frameCacheBytes } : {}),

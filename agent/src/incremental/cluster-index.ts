@@ -36,6 +36,9 @@ export interface ClusterIndex {
   digests: Buffer;
 }
 
+/** Hex SHA-256 of a serialized index: how images and deltas name an index. */
+export const sha256Hex = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
 export function clusterCount(index: Pick<ClusterIndex, 'runs'>): number {
   return index.runs.reduce((n, r) => n + r.count, 0);
 }

@@ -4,7 +4,7 @@
 import { createHash } from 'node:crypto';
 import type { GlanceClient, GlanceImage } from '../glance/client.js';
 import { VerificationError } from '../glance/errors.js';
-import { parseIndex, type ClusterIndex } from './cluster-index.js';
+import { parseIndex, sha256Hex, type ClusterIndex } from './cluster-index.js';
 import { ClusterIndexError } from './errors.js';
 
 /** Image properties of incremental snapshots. */
@@ -22,8 +22,6 @@ export const PROP = {
 
 /** 2 TiB fully used is 32 Mi clusters, 512 MiB of digests. */
 const MAX_INDEX_BYTES = 1 << 30;
-
-export const sha256Hex = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 /** The parent image's index, checked; ClusterIndexError saying what is wrong and what to do. */
 export async function loadParentIndex(client: GlanceClient, parentId: string, signal?: AbortSignal): Promise<{ image: GlanceImage; index: ClusterIndex; sha256: string }> {
