@@ -15,6 +15,9 @@ import { attachLoop, makeTempDir, removeTempDir, run, withMount } from '../lib/d
 import { convertToRaw, qemuImgCheck, sha256File, treeDigest } from '../lib/verify.js';
 import { bmsnap } from '../lib/cli.js';
 import { startGlance, type GlanceImageRecord, type LocalGlance } from '../lib/glance.js';
+import { createReadStream } from 'node:fs';
+import { readImageClusters } from '../../agent/src/chain/image-clusters.js';
+import { SequentialReader } from '../../agent/src/chain/sequential-reader.js';
 
 if (process.getuid?.() !== 0) { t.plan(0, 'needs root (loop mounts)'); process.exit(0); }
 
@@ -72,6 +75,65 @@ await t.test('full image + index, 1 % of files changed, delta', async (t) => {
   await convertToRaw(at('full2.qcow2'), at('full2.raw'));
   t.equal(await sha256File(chain), await sha256File(at('full2.raw')), 'parent + delta = the full image of the changed disk, byte for byte');
   t.same((await treeDigest(chain, 0)).entries, (await treeDigest(disk, 0)).entries, 'parent + delta: the file tree of the changed disk, file by file');
+
+  const f = await bmsnap(['flatten', at('delta.qcow2'), at('full1.qcow2'), '--index', at('delta.idx'), '-o', at('flat.qcow2'), '--json', '-q']);
+  t.equal(f.exitCode, 0, 'bmsnap flatten DELTA PARENT --index', { stderr: f.stderr });
+  const mf = JSON.parse(f.stdout);
+  t.ok((await qemuImgCheck(at('flat.qcow2'))).clean, 'qemu-img check: the flat image is clean');
+  t.equal((await run('qemu-img', ['info', '--output=json', at('flat.qcow2')])).includes('backing'), false, 'it stands alone (no backing file)');
+  await convertToRaw(at('flat.qcow2'), at('flat.raw'));
+  t.equal(await sha256File(at('flat.raw')), await sha256File(at('full2.raw')), 'flat = the full image of the changed disk, byte for byte');
+  const [fromDelta, fromParent] = mf.flatten.clustersFrom as number[];
+  t.ok(fromDelta! > 0 && fromDelta! <= md.delta.changedClusters && fromDelta! + fromParent! === mf.flatten.clusters, `${fromDelta} clusters from the delta (${md.delta.changedClusters} changed), ${fromParent} from the parent`);
+  t.equal(await copiedVerbatim(at('flat.qcow2'), [at('delta.qcow2'), at('full1.qcow2')]), mf.flatten.clusters, 'every frame is copied as it was, none recompressed');
+  await rm(at('flat.raw'));
+});
+
+/** How many frames of FLAT are byte for byte the frame of the same cluster in the nearest image of CHAIN that has it. */
+async function copiedVerbatim(flat: string, chain: string[]): Promise<number> {
+  const tables = async (p: string) => readImageClusters(new SequentialReader(createReadStream(p), p));
+  const out = await tables(flat);
+  const ins = await Promise.all(chain.map(tables));
+  const flatBytes = await readFile(flat);
+  const inBytes = await Promise.all(chain.map((p) => readFile(p)));
+  let same = 0;
+  for (let k = 0; k < out.count; k++) {
+    const g = out.guest[k]!;
+    for (let c = 0; c < ins.length; c++) {
+      const im = ins[c]!;
+      const j = im.guest.indexOf(g);
+      if (j < 0) continue;
+      const mine = flatBytes.subarray(out.offset[k]!, out.offset[k]! + out.size[k]!);
+      const theirs = inBytes[c]!.subarray(im.offset[j]!, im.offset[j]! + im.size[j]!);
+      if (mine.equals(theirs)) same++;
+      break;
+    }
+  }
+  return same;
+}
+
+await t.test('flatten refuses a damaged, misordered or truncated chain: one line, nothing left', async (t) => {
+  const full = await readFile(at('full1.qcow2'));
+  const damaged = Buffer.from(full);
+  damaged[full.length - 200 * 1024] = damaged[full.length - 200 * 1024]! ^ 0x40;
+  await writeFile(at('damaged.qcow2'), damaged);
+  await writeFile(at('short.qcow2'), full.subarray(0, 100_000));
+  const cases: [string, string[], RegExp][] = [
+    ['a damaged parent', [at('delta.qcow2'), at('damaged.qcow2')], /^bmsnap: cluster \d+ from file \S+damaged.qcow2 (differs from the index|does not decompress)/],
+    ['parent and delta swapped', [at('full1.qcow2'), at('delta.qcow2')], /differs from the index|does not match the index/],
+    ['a truncated parent', [at('delta.qcow2'), at('short.qcow2')], /short.qcow2 ends at byte 100000/],
+    ['not a qcow2', [at('delta.qcow2'), at('delta.idx')], /is not a bmsnap qcow2 image/],
+  ];
+  for (const [what, chain, want] of cases) {
+    const r = await bmsnap(['flatten', ...chain, '--index', at('delta.idx'), '-o', at('x.qcow2'), '-q']);
+    t.equal(r.exitCode, 1, `${what}: exit 1`);
+    t.match(r.stderr.trim(), want, `${what}: says why`);
+    t.equal(r.stderr.trim().split('\n').length, 1, `${what}: one line`, { stderr: r.stderr });
+    t.notOk(existsSync(at('x.qcow2')), `${what}: no output`);
+    t.same((await readdir(work)).filter((f) => /\.partial/.test(f)), [], `${what}: no temp files`);
+  }
+  await rm(at('damaged.qcow2'));
+  await rm(at('short.qcow2'));
 });
 
 await t.test('freed clusters: zeros in the delta, not the parent showing through', async (t) => {
@@ -156,6 +218,24 @@ await t.test('through Glance: the index beside the image, and a delta against a 
   await convertToRaw(at('g-full.qcow2'), at('g-full.raw'));
   t.equal(await sha256File(chain), await sha256File(at('g-full.raw')), 'Glance parent + Glance delta = the full image of the changed disk');
 
+  const fl = await bmsnap(['flatten', deltaImg.id, '--glance', 'incr-flat', '--glance-url', glance.url, '--json', '-q']);
+  t.equal(fl.exitCode, 0, 'bmsnap flatten DELTA --glance NAME', { stderr: fl.stderr });
+  const flatImg = await glance.getImage(JSON.parse(fl.stdout).glance.imageId);
+  t.equal(flatImg.status, 'active', 'the flat image is active');
+  t.equal(flatImg.bmsnap_parent_image, undefined, 'it has no parent');
+  t.equal(flatImg.bmsnap_flattened_from, deltaImg.id, 'bmsnap_flattened_from: the delta');
+  t.equal(flatImg.bmsnap_index_sha256, deltaImg.bmsnap_index_sha256, "its index is the delta's (both describe the same disk)");
+  t.equal((await glance.getImage(flatImg.bmsnap_index_image as string)).os_hidden, true, '... stored as a hidden image of its own');
+  t.ok(flatImg.size! < baseImg.size! + deltaImg.size!, `flat ${flatImg.size} bytes < parent + delta`);
+  await glance.downloadImage(flatImg.id, at('g-flat.qcow2'));
+  t.ok((await qemuImgCheck(at('g-flat.qcow2'))).clean, 'qemu-img check: clean');
+  await convertToRaw(at('g-flat.qcow2'), at('g-flat.raw'));
+  t.equal(await sha256File(at('g-flat.raw')), await sha256File(at('g-full.raw')), 'the flat image = the full image of the changed disk');
+  const onFlat = await up('incr-on-flat', '--parent', flatImg.id);
+  t.equal(onFlat.exitCode, 0, 'a delta can be taken against the flat image', { stderr: onFlat.stderr });
+  t.ok(JSON.parse(onFlat.stdout).delta.changedClusters === 0, '... and nothing changed since');
+  for (const f of ['g-flat.raw', 'g-flat.qcow2']) await rm(at(f));
+
   const before = new Set((await allImages(glance)).map((i) => i.id));
   const plain = await up('incr-plain');
   t.equal(plain.exitCode, 0, 'an upload without an index');
@@ -170,6 +250,13 @@ await t.test('through Glance: the index beside the image, and a delta against a 
   const plainId = JSON.parse(plain.stdout).glance.imageId as string;
   const added = (await allImages(glance)).map((i) => i.id).filter((id) => !before.has(id));
   t.same(added, [plainId], 'no image left by the refused uploads: only the plain upload was added');
+
+  // the delta's parent deleted behind bmsnap's back (the index image of the parent is not needed)
+  await glance.deleteImage(baseImg.id);
+  const orphan = await bmsnap(['flatten', deltaImg.id, '--glance', 'incr-flat2', '--glance-url', glance.url, '-q']);
+  t.equal(orphan.exitCode, 1, 'flattening a delta whose parent is gone: exit 1');
+  t.match(orphan.stderr.trim(), /^bmsnap: image \S+ is a delta on image \S+, which is gone from Glance/, 'says so in one line', { stderr: orphan.stderr });
+  t.notOk((await allImages(glance)).some((i) => i.name?.startsWith('incr-flat2')), 'no flat image or index image left');
 });
 
 await t.test('a failed upload leaves neither the image nor its index image', async (t) => {

@@ -8,6 +8,8 @@ const USAGE = `usage: bmsnap <command> [options]
 commands:
   image SOURCE -o OUT    image a disk or raw image file into a compressed qcow2 (or raw)
   image SOURCE --glance NAME   ... straight into a new Glance image
+  flatten IMAGE --glance NAME
+                         make one standalone image of a delta and its parents
   agent                  run the ironic-python-agent compatible agent (ramdisk)
   now --mode kexec --glance NAME
                          snapshot this running node into Glance: kexec into the bmsnap
@@ -23,6 +25,7 @@ type Command = (argv: string[], signal: AbortSignal) => Promise<void>;
 // Commands load on demand: `bmsnap --version` should not pay for fastify and undici.
 const COMMANDS: Record<string, () => Promise<Command>> = {
   image: async () => (await import('./image-command.js')).imageCommand,
+  flatten: async () => (await import('./flatten-command.js')).flattenCommand,
   agent: async () => (await import('./agent-command.js')).agentCommand,
   now: async () => (await import('./now-command.js')).nowCommand,
   oneshot: async () => (await import('./oneshot-command.js')).oneshotCommand,

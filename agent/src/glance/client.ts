@@ -1,5 +1,5 @@
 // A small Glance v2 client over undici: create, upload (chunked, streamed), show, download
-// (small images only), delete.
+// (whole, for small images, or as a stream), delete.
 import { Readable } from 'node:stream';
 import { request, type Dispatcher } from 'undici';
 import { answered, describeNetError, tlsAgent, type TlsOptions } from '../openstack/http.js';
@@ -117,6 +117,12 @@ export class GlanceClient {
       parts.push(chunk as Buffer);
     }
     return Buffer.concat(parts, size);
+  }
+
+  /** The image data as a stream (a chain being flattened reads each image once, front to back). */
+  async downloadStream(id: string, signal?: AbortSignal): Promise<AsyncIterable<Uint8Array>> {
+    const res = await this.call('GET', `/v2/images/${encodeURIComponent(id)}/file`, { what: `downloading image ${id}`, ...(signal ? { signal } : {}) });
+    return res.body;
   }
 
   async deleteImage(id: string): Promise<void> {

@@ -14,3 +14,10 @@ export class ParentMismatchError extends BmsnapError {
     super(message, 'BMSNAP_PARENT_MISMATCH');
   }
 }
+
+/** An image chain (a delta and its parents) that cannot be read or does not hold together. */
+export class ChainError extends BmsnapError {
+  constructor(message: string) {
+    super(message, 'BMSNAP_CHAIN');
+  }
+}

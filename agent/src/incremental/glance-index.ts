@@ -23,19 +23,22 @@ export const PROP = {
 /** 2 TiB fully used is 32 Mi clusters, 512 MiB of digests. */
 const MAX_INDEX_BYTES = 1 << 30;
 
-/** The parent image's index, checked; ClusterIndexError saying what is wrong and what to do. */
-export async function loadParentIndex(client: GlanceClient, parentId: string, signal?: AbortSignal): Promise<{ image: GlanceImage; index: ClusterIndex; sha256: string }> {
+/**
+ * The index of image PARENTID (a parent, or for ROLE 'image' one being flattened), checked;
+ * ClusterIndexError saying what is wrong and what to do.
+ */
+export async function loadParentIndex(client: GlanceClient, parentId: string, signal?: AbortSignal, role = 'parent image'): Promise<{ image: GlanceImage; index: ClusterIndex; sha256: string; bytes: Buffer }> {
   const image = await client.getImage(parentId);
   const indexId = image[PROP.index];
   const want = image[PROP.indexSha256];
   if (typeof indexId !== 'string' || typeof want !== 'string') {
-    throw new ClusterIndexError(`parent image ${parentId} has no bmsnap cluster index (${PROP.index} / ${PROP.indexSha256} unset): snapshot it with --index first, or take a full snapshot`);
+    throw new ClusterIndexError(`${role} ${parentId} has no bmsnap cluster index (${PROP.index} / ${PROP.indexSha256} unset): take it with --with-index, or take a full snapshot`);
   }
-  if (image.status !== 'active') throw new ClusterIndexError(`parent image ${parentId} is ${image.status}, not active`);
+  if (image.status !== 'active') throw new ClusterIndexError(`${role} ${parentId} is ${image.status}, not active`);
   const bytes = await client.download(indexId, MAX_INDEX_BYTES, signal);
   const got = sha256Hex(bytes);
-  if (got !== want) throw new ClusterIndexError(`the cluster index of parent image ${parentId} (image ${indexId}) has SHA-256 ${got.slice(0, 12)}…, the parent records ${want.slice(0, 12)}…: it was changed or damaged`);
-  return { image, index: parseIndex(bytes, `the cluster index of parent image ${parentId}`), sha256: got };
+  if (got !== want) throw new ClusterIndexError(`the cluster index of ${role} ${parentId} (image ${indexId}) has SHA-256 ${got.slice(0, 12)}…, the image records ${want.slice(0, 12)}…: it was changed or damaged`);
+  return { image, index: parseIndex(bytes, `the cluster index of ${role} ${parentId}`), sha256: got, bytes };
 }
 
 /** A queued, hidden image to hold the index of image NAME. */

@@ -10,11 +10,17 @@ import { STORED } from '../compress/protocol.js';
 import { CLUSTER_SIZE, L2_ENTRIES, REFCOUNTS_PER_BLOCK } from './format.js';
 import type { ClusterRun } from '../../incremental/cluster-index.js';
 
-export interface SizeTable {
-  /** Per mapped cluster: 0 = zero (not stored), STORED = stored frame, else compressed length. */
-  codes: Uint16Array;
+export interface SizeTable<Codes extends ArrayLike<number> = Uint16Array> {
+  /**
+   * Per mapped cluster: 0 = zero (not stored), STORED = stored frame, else compressed length.
+   * (Frames copied from other images - chain/flatten.ts - have their lengths here as they are,
+   * with storedSize = STORED so that sizeOf() returns every code unchanged.)
+   */
+  codes: Codes;
   storedSize: number;
 }
+
+export type AnySizeTable = SizeTable<ArrayLike<number>>;
 
 export interface StoredCluster {
   guest: number;
@@ -38,12 +44,12 @@ export interface Layout {
 
 const clustersFor = (bytes: number) => Math.ceil(bytes / CLUSTER_SIZE);
 
-export function sizeOf(code: number, table: SizeTable): number {
+export function sizeOf(code: number, table: AnySizeTable): number {
   return code === STORED ? table.storedSize : code;
 }
 
 /** The non-zero clusters in file order, with their host offsets. */
-export function* storedClusters(used: readonly Extent[], table: SizeTable, dataOffset: number): Generator<StoredCluster> {
+export function* storedClusters(used: readonly Extent[], table: AnySizeTable, dataOffset: number): Generator<StoredCluster> {
   let k = 0;
   let offset = dataOffset;
   for (const guest of mappedClusters(used, CLUSTER_SIZE)) {

@@ -4,9 +4,9 @@ import type { Extent } from '../../map/extents.js';
 import { mappedClusters } from '../cluster-plan.js';
 import type { ClusterRun } from '../../incremental/cluster-index.js';
 import { CLUSTER_SIZE, L2_ENTRIES, OFLAG_COPIED, REFCOUNTS_PER_BLOCK, ZERO_ENTRY, compressedEntry, encodeHeader, plainEntry } from './format.js';
-import { sizeOf, storedClusters, type Layout, type SizeTable } from './layout.js';
+import { sizeOf, storedClusters, type AnySizeTable, type Layout } from './layout.js';
 
-export function* metadataClusters(layout: Layout, used: readonly Extent[], table: SizeTable, compressionType: 0 | 1, plain: boolean, zeroRuns?: readonly ClusterRun[]): Generator<Buffer> {
+export function* metadataClusters(layout: Layout, used: readonly Extent[], table: AnySizeTable, compressionType: 0 | 1, plain: boolean, zeroRuns?: readonly ClusterRun[]): Generator<Buffer> {
   yield encodeHeader({
     virtualSize: layout.virtualSize,
     l1Size: layout.l1Size,
@@ -37,7 +37,7 @@ function refcountTable(layout: Layout): Buffer {
  * Refcounts: 1 for each metadata cluster; for data, one per stored cluster touching the host
  * cluster (compressed clusters share host clusters - qemu counts each sharer).
  */
-function* refcountBlocks(layout: Layout, used: readonly Extent[], table: SizeTable): Generator<Buffer> {
+function* refcountBlocks(layout: Layout, used: readonly Extent[], table: AnySizeTable): Generator<Buffer> {
   const hits = storedClusters(used, table, layout.dataOffset);
   let pending: { first: number; last: number } | undefined;
   for (let blk = 0; blk < layout.refBlockCount; blk++) {
@@ -67,7 +67,7 @@ function* refcountBlocks(layout: Layout, used: readonly Extent[], table: SizeTab
  * One L2 table per planned L1 index (some may stay empty: all their clusters were zero). With
  * ZERORUNS (a delta) every zero cluster is written as such: the runs, and mapped all-zero ones.
  */
-function* l2Tables(layout: Layout, used: readonly Extent[], table: SizeTable, plain: boolean, zeroRuns?: readonly ClusterRun[]): Generator<Buffer> {
+function* l2Tables(layout: Layout, used: readonly Extent[], table: AnySizeTable, plain: boolean, zeroRuns?: readonly ClusterRun[]): Generator<Buffer> {
   const entries = l2Entries(used, table, layout.dataOffset, plain, zeroRuns);
   let next = entries.next();
   for (const l1i of layout.l2Offsets.keys()) {
@@ -81,7 +81,7 @@ function* l2Tables(layout: Layout, used: readonly Extent[], table: SizeTable, pl
 }
 
 /** Every non-empty L2 entry, in guest order; all-zero clusters only for a delta (ZERORUNS set). */
-function* l2Entries(used: readonly Extent[], table: SizeTable, dataOffset: number, plain: boolean, zeroRuns?: readonly ClusterRun[]): Generator<{ guest: number; entry: bigint }> {
+function* l2Entries(used: readonly Extent[], table: AnySizeTable, dataOffset: number, plain: boolean, zeroRuns?: readonly ClusterRun[]): Generator<{ guest: number; entry: bigint }> {
   let k = 0;
   let offset = dataOffset;
   const mapped = mappedClusters(used, CLUSTER_SIZE);

@@ -1,0 +1,127 @@
+// `bmsnap flatten`: a delta and its parents -> one standalone qcow2 (for sharing, other sites,
+// or ending a long chain). Compressed clusters are copied, not recompressed; every cluster is
+// checked against the top image's cluster index.
+import { createReadStream } from 'node:fs';
+import { readFile, stat } from 'node:fs/promises';
+import { parseArgs } from 'node:util';
+import { UsageError } from '../errors.js';
+import { choice, keyValues, oneLine } from '../options.js';
+import { createLogger } from '../log.js';
+import { FileSink } from '../sink/file-sink.js';
+import { errnoText } from '../source/open-source.js';
+import { parseIndex, sha256Hex } from '../incremental/cluster-index.js';
+import { PROP } from '../incremental/glance-index.js';
+import { flattenInto, type ChainMember, type FlattenManifest } from '../chain/flatten.js';
+import { SequentialReader } from '../chain/sequential-reader.js';
+import { logProgress, terminalProgress } from './progress-display.js';
+import { GLANCE_OPTIONS, GLANCE_USAGE, glanceConnection } from './glance-options.js';
+import type { GlanceImage } from '../glance/client.js';
+
+export const FLATTEN_USAGE = `usage: bmsnap flatten IMAGE --glance NAME [glance options]
+       bmsnap flatten IMAGE -o OUT [glance options]
+       bmsnap flatten TOP.qcow2 PARENT.qcow2 [GRANDPARENT.qcow2 ...] --index TOP.index -o OUT
+
+Makes one standalone qcow2 image of a delta and the images under it: Glance image IMAGE and
+its parents (found from bmsnap_parent_image), or local files, the delta first. Compressed
+clusters are copied as they are (nothing is recompressed); every cluster is checked against
+the delta's cluster index and every Glance image against its sha512 before the result is kept.
+
+options:
+  -o, --output OUT        write the image to file OUT
+      --index PATH        local files: the cluster index of TOP (from bmsnap image --index)
+      --json              print the manifest as JSON on stdout
+  -q, --quiet             no progress output
+  -h, --help              this help
+
+glance options (IMAGE is a Glance image id; --glance NAME stores the result with its index):
+${GLANCE_USAGE}`;
+
+export async function flattenCommand(argv: string[], signal: AbortSignal): Promise<void> {
+  const { values, positionals } = oneLine(() => parseArgs({
+    args: argv, allowPositionals: true,
+    options: {
+      output: { type: 'string', short: 'o' }, index: { type: 'string' }, json: { type: 'boolean' },
+      quiet: { type: 'boolean', short: 'q' }, help: { type: 'boolean', short: 'h' }, ...GLANCE_OPTIONS,
+    },
+  }));
+  if (values.help) { process.stdout.write(FLATTEN_USAGE + '\n'); return; }
+  if (!positionals.length) throw new UsageError('flatten needs the image to flatten (see bmsnap flatten --help)');
+  if (values.output && values.glance) throw new UsageError('choose one of -o OUT and --glance NAME');
+  if (!values.output && !values.glance) throw new UsageError('missing -o OUT or --glance NAME');
+  const local = values.index !== undefined;
+  if (local && positionals.length < 2) throw new UsageError('local flatten takes the delta and at least its parent: TOP.qcow2 PARENT.qcow2 ... --index TOP.index');
+  if (!local && positionals.length !== 1) throw new UsageError('flatten takes one Glance image id (its parents are found from its properties); local files need --index TOP.index');
+  const visibility = choice(values.visibility ?? 'private', ['private', 'shared', 'community', 'public'], '--visibility') as 'private';
+  const properties = keyValues(values.property ?? [], '--property');
+  const human = process.stderr.isTTY === true;
+  const log = createLogger({ human, level: values.quiet ? 'warn' : 'info' });
+  const progress = values.quiet ? undefined : human ? terminalProgress() : logProgress(log);
+  const needsGlance = !local || values.glance !== undefined;
+
+  const { GlanceClient } = await import('../glance/client.js');
+  const client = needsGlance ? new GlanceClient(await glanceConnection(values)) : undefined;
+  try {
+    // the chain: members to read, the top index, and (from Glance) the top image
+    let open: () => Promise<ChainMember[]>;
+    let index: { index: ReturnType<typeof parseIndex>; bytes: Buffer };
+    let topImage: GlanceImage | undefined;
+    if (local) {
+      for (const p of positionals) {
+        const st = await stat(p).catch((err) => { throw new UsageError(`cannot read ${p}: ${errnoText(err)}`); });
+        if (!st.isFile()) throw new UsageError(`${p} is not a regular file`);
+      }
+      const bytes = await readFile(values.index!).catch((err) => { throw new UsageError(`cannot read cluster index ${values.index}: ${errnoText(err)}`); });
+      index = { index: parseIndex(bytes, `cluster index ${values.index}`), bytes };
+      open = async () => positionals.map((p) => ({ reader: new SequentialReader(createReadStream(p), `file ${p}`) }));
+    } else {
+      const { resolveGlanceChain, openGlanceChain } = await import('../chain/glance-chain.js');
+      const chain = await resolveGlanceChain(client!, positionals[0]!, signal);
+      if (chain.images.length < 2) log.warn({ image: chain.images[0]!.id }, 'the image is not a delta: flattening copies it as it is');
+      log.info({ chain: chain.images.map((i) => i.id) }, 'chain resolved');
+      index = chain.top;
+      topImage = chain.images[0];
+      open = () => openGlanceChain(client!, chain, signal);
+    }
+    const opts = { signal, ...(progress ? { progress } : {}) };
+    let manifest: FlattenManifest;
+    let glanceId: string | undefined;
+    if (values.glance) {
+      const { publishImage } = await import('../glance/publish-image.js');
+      const { image, manifest: m } = await publishImage(client!, {
+        name: values.glance, diskFormat: 'qcow2', visibility, withIndex: true, log, signal,
+        ...(topImage && typeof topImage.min_disk === 'number' ? { minDisk: topImage.min_disk } : {}),
+        properties: { ...inherited(topImage), bmsnap_flattened_from: topImage?.id ?? positionals[0]!, ...properties },
+      }, async (sink) => ({ manifest: await flattenInto(await open(), index.index, sink, opts), indexBytes: index.bytes }));
+      manifest = m;
+      glanceId = image.id;
+    } else {
+      await checkOutput(values.output!, positionals);
+      manifest = await flattenInto(await open(), index.index, await FileSink.create(values.output!), opts);
+    }
+    progress?.done();
+    const full = { ...manifest, clusterIndexSha256: sha256Hex(index.bytes), ...(glanceId ? { glance: { imageId: glanceId } } : {}) };
+    if (values.json) process.stdout.write(JSON.stringify(full, null, 2) + '\n');
+    const from = manifest.flatten.clustersFrom.map((n, i) => `${n}${i === 0 ? ' from the delta' : ''}`).join(' + ');
+    if (!values.quiet) process.stderr.write(`bmsnap: flattened ${manifest.chain.length} images into ${glanceId ? `glance image ${glanceId}` : values.output}: ${manifest.bytesWritten} bytes, ${manifest.flatten.clusters} clusters (${from}), every cluster checked against the index\n`);
+  } finally {
+    await client?.close();
+  }
+}
+
+/** The top image's provenance, minus what describes it as a delta or names its own index. */
+function inherited(top: GlanceImage | undefined): Record<string, string> {
+  const skip = new Set<string>(Object.values(PROP));
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(top ?? {})) if (k.startsWith('bmsnap_') && !skip.has(k) && typeof v === 'string') out[k] = v;
+  return out;
+}
+
+async function checkOutput(out: string, inputs: string[]): Promise<void> {
+  const o = await stat(out).catch(() => undefined);
+  if (!o) return;
+  if (!o.isFile()) throw new UsageError(`output ${out} exists and is not a regular file`);
+  for (const p of inputs) {
+    const s = await stat(p).catch(() => undefined);
+    if (s && s.dev === o.dev && s.ino === o.ino) throw new UsageError(`output ${out} is one of the images being flattened`);
+  }
+}
