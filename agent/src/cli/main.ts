@@ -10,6 +10,7 @@ commands:
   image SOURCE --glance NAME   ... straight into a new Glance image
   flatten IMAGE --glance NAME
                          make one standalone image of a delta and its parents
+  delete IMAGE           delete a snapshot and its index (refused while deltas need it)
   agent                  run the ironic-python-agent compatible agent (ramdisk)
   now --mode kexec --glance NAME
                          snapshot this running node into Glance: kexec into the bmsnap
@@ -26,6 +27,7 @@ type Command = (argv: string[], signal: AbortSignal) => Promise<void>;
 const COMMANDS: Record<string, () => Promise<Command>> = {
   image: async () => (await import('./image-command.js')).imageCommand,
   flatten: async () => (await import('./flatten-command.js')).flattenCommand,
+  delete: async () => (await import('./delete-command.js')).deleteCommand,
   agent: async () => (await import('./agent-command.js')).agentCommand,
   now: async () => (await import('./now-command.js')).nowCommand,
   oneshot: async () => (await import('./oneshot-command.js')).oneshotCommand,

@@ -71,9 +71,16 @@ export class GlanceClient {
     return (await res.body.json()) as GlanceImage;
   }
 
-  /** Sets string properties (JSON patch: replace what exists, add the rest). */
-  async setProperties(image: GlanceImage, props: Record<string, string>, signal?: AbortSignal): Promise<GlanceImage> {
-    const ops = Object.entries(props).map(([k, v]) => ({ op: k in image ? 'replace' : 'add', path: `/${k.replace(/~/g, '~0').replace(/\//g, '~1')}`, value: v }));
+  /**
+   * Sets properties (JSON patch: replace what exists, add the rest); a null value removes the
+   * property. Core attributes such as `protected` take their own types.
+   */
+  async setProperties(image: GlanceImage, props: Record<string, string | boolean | null>, signal?: AbortSignal): Promise<GlanceImage> {
+    const ops = Object.entries(props).flatMap(([k, v]) => {
+      const path = `/${k.replace(/~/g, '~0').replace(/\//g, '~1')}`;
+      if (v === null) return k in image ? [{ op: 'remove', path }] : [];
+      return [{ op: k in image ? 'replace' : 'add', path, value: v }];
+    });
     const res = await this.call('PATCH', `/v2/images/${encodeURIComponent(image.id)}`, {
       body: JSON.stringify(ops),
       headers: { 'content-type': 'application/openstack-images-v2.1-json-patch' },
@@ -81,6 +88,21 @@ export class GlanceClient {
       ...(signal ? { signal } : {}),
     });
     return (await res.body.json()) as GlanceImage;
+  }
+
+  /** Images whose properties equal FILTERS (Glance filters on any property), hidden ones included. */
+  async findImages(filters: Record<string, string>): Promise<GlanceImage[]> {
+    const found: GlanceImage[] = [];
+    for (const hidden of ['false', 'true']) {
+      let next: string | undefined = `/v2/images?${new URLSearchParams({ ...filters, os_hidden: hidden, limit: '200' })}`;
+      while (next) {
+        const res = await this.call('GET', next, { what: 'listing images' });
+        const page = (await res.body.json()) as { images: GlanceImage[]; next?: string };
+        found.push(...page.images);
+        next = page.next;
+      }
+    }
+    return found;
   }
 
   /** Streams the image data; `body` is consumed as it is produced (chunked transfer encoding). */

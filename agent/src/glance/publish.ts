@@ -11,6 +11,7 @@ import { VERSION } from '../version.js';
 import type { GlanceClient, GlanceImage } from './client.js';
 import { PROP, loadParentIndex } from '../incremental/glance-index.js';
 import { publishImage } from './publish-image.js';
+import { protectParent } from '../incremental/parent-guard.js';
 
 export interface PublishOptions {
   name: string;
@@ -57,7 +58,7 @@ export async function publishToGlance(source: Source, client: GlanceClient, opts
   if (opts.incremental && (opts.imageId || opts.format !== 'qcow2')) throw new UsageError('a cluster index and deltas need a qcow2 image that bmsnap creates');
   const parentId = opts.incremental?.parentImageId;
   const parent = parentId ? await loadParentIndex(client, parentId, opts.signal) : undefined;
-  return publishImage(client, {
+  const result = await publishImage(client, {
     name: opts.name,
     diskFormat: opts.format,
     minDisk: Math.ceil(map.size / GiB),
@@ -87,6 +88,12 @@ export async function publishToGlance(source: Source, client: GlanceClient, opts
     });
     return { manifest, ...(indexBytes ? { indexBytes } : {}) };
   });
+  if (parent) {
+    // a delta needs its parent: keep the parent from deletion (or say clearly that we could not)
+    const warning = await protectParent(client, parent.image.id, result.image.id, opts.log, opts.signal);
+    if (warning) result.manifest.warnings.push(warning);
+  }
+  return result;
 }
 
 function provenance(source: Source, map: DiskMap, opts: PublishOptions): Record<string, string> {
