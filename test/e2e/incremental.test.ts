@@ -264,7 +264,16 @@ await t.test('through Glance: the index beside the image, and a delta against a 
   await glance.deleteImage(indexId);
   const gone = await up('incr-bad', '--parent', baseImg.id);
   t.equal(gone.exitCode, 1, "a parent whose index image was deleted: exit 1");
-  t.match(gone.stderr.trim(), /^bmsnap: downloading image \S+: Glance answered 404/, 'says what failed', { stderr: gone.stderr });
+  t.match(gone.stderr.trim(), /^bmsnap: the cluster index of parent image \S+ \(image \S+\) is gone from Glance$/, 'says what is missing, in one line', { stderr: gone.stderr });
+  const orFull = await up('incr-or-full', '--parent', baseImg.id, '--or-full');
+  t.equal(orFull.exitCode, 0, '... with --or-full: a full image instead', { stderr: orFull.stderr });
+  const mo = JSON.parse(orFull.stdout);
+  t.equal(mo.delta, undefined, 'not a delta');
+  t.match(mo.warnings.join('\n'), /is gone from Glance; a full image was taken instead \(--or-full\)/, 'the manifest says why');
+  const fullImg = await glance.getImage(mo.glance.imageId);
+  t.equal(fullImg.bmsnap_parent_image, undefined, 'no parent recorded');
+  t.match(fullImg.bmsnap_index_sha256, /^[0-9a-f]{64}$/, 'with its own index, for the next delta');
+  t.equal((await bmsnap(['delete', fullImg.id, '--glance-url', glance.url, '-q'])).exitCode, 0, 'bmsnap delete removes it again');
   const plainId = JSON.parse(plain.stdout).glance.imageId as string;
   const added = (await allImages(glance)).map((i) => i.id).filter((id) => !before.has(id));
   t.same(added, [plainId], 'no image left by the refused uploads: only the plain upload was added');

@@ -41,6 +41,8 @@ incremental (qcow2; docs/incremental.md):
       --parent IMAGE      with --glance: upload a DELTA against Glance image IMAGE (which has an
                           index), recorded in the properties bmsnap_parent_image and
                           bmsnap_parent_index_sha256; stores this image's index too
+      --or-full           with --parent: if the parent has no usable index (none, gone,
+                          damaged), take a full image instead of stopping (with a warning)
       --json              print the manifest (sizes, sha512, md5, map) as JSON on stdout
       --manifest PATH     write the manifest as JSON to PATH
   -q, --quiet             no progress output, only warnings and errors
@@ -87,6 +89,7 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
   if (!values.glance && values.parent) throw new UsageError('--parent IMAGE goes with --glance; with -o use --parent-index PATH');
   if (values.glance && values.index !== undefined) throw new UsageError('with --glance the index goes into Glance: --with-index (no PATH)');
   if (!values.glance && values['with-index']) throw new UsageError('--with-index goes with --glance; with -o use --index PATH');
+  if (values['or-full'] && !values.parent) throw new UsageError('--or-full goes with --parent IMAGE');
   const parentIndex = values['parent-index'] ? await readParentIndex(values['parent-index']) : undefined;
 
   const human = process.stderr.isTTY === true;
@@ -106,7 +109,7 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
         name: values.glance, visibility, format, codec, retries, keepFailed: values['keep-failed'] === true,
         properties: { ...(scrubOps ? { bmsnap_scrubbed: scrubOps.map((o) => o.name).join(',') } : {}), ...properties },
         captureMethod: 'offline-cli', signal, log,
-        ...(incremental ? { incremental: values.parent ? { parentImageId: values.parent } : {} } : {}),
+        ...(incremental ? { incremental: values.parent ? { parentImageId: values.parent, orFull: values['or-full'] === true } : {} } : {}),
         ...(level !== undefined ? { level } : {}),
         ...(workers !== undefined ? { workers } : {}),
         ...(frameCacheBytes !== undefined ? { frameCacheBytes } : {}),
@@ -195,6 +198,7 @@ function parse(argv: string[]) {
       'with-index': { type: 'boolean' },
       'parent-index': { type: 'string' },
       parent: { type: 'string' },
+      'or-full': { type: 'boolean' },
     },
   }));
 }

@@ -10,6 +10,7 @@ import type { Source } from '../source/open-source.js';
 import { VERSION } from '../version.js';
 import type { GlanceClient, GlanceImage } from './client.js';
 import { PROP, loadParentIndex } from '../incremental/glance-index.js';
+import { ClusterIndexError } from '../incremental/errors.js';
 import { publishImage } from './publish-image.js';
 import { protectParent } from '../incremental/parent-guard.js';
 
@@ -36,9 +37,10 @@ export interface PublishOptions {
   map?: DiskMap;
   /**
    * qcow2: store the image's cluster index beside it (a hidden companion image, docs/incremental.md);
-   * with parentImageId, upload a delta against that image (which must carry an index).
+   * with parentImageId, upload a delta against that image (which must carry an index); orFull:
+   * if it has no usable index, a full image (with its index) instead of a refusal.
    */
-  incremental?: { parentImageId?: string };
+  incremental?: { parentImageId?: string; orFull?: boolean };
   progress?: Progress;
   signal?: AbortSignal;
   log?: Logger;
@@ -57,7 +59,14 @@ export async function publishToGlance(source: Source, client: GlanceClient, opts
   if (!opts.map) for (const w of map.warnings) opts.log?.warn(w);
   if (opts.incremental && (opts.imageId || opts.format !== 'qcow2')) throw new UsageError('a cluster index and deltas need a qcow2 image that bmsnap creates');
   const parentId = opts.incremental?.parentImageId;
-  const parent = parentId ? await loadParentIndex(client, parentId, opts.signal) : undefined;
+  let fellBack: string | undefined;
+  const parent = parentId ? await loadParentIndex(client, parentId, opts.signal).catch((err: unknown) => {
+    // a parent without a usable index: a full image instead, only when the user asked for that
+    if (!(err instanceof ClusterIndexError) || !opts.incremental?.orFull) throw err;
+    fellBack = `${err.message}; a full image was taken instead (--or-full)`;
+    opts.log?.warn(fellBack);
+    return undefined;
+  }) : undefined;
   const result = await publishImage(client, {
     name: opts.name,
     diskFormat: opts.format,
@@ -88,6 +97,7 @@ export async function publishToGlance(source: Source, client: GlanceClient, opts
     });
     return { manifest, ...(indexBytes ? { indexBytes } : {}) };
   });
+  if (fellBack) result.manifest.warnings.push(fellBack);
   if (parent) {
     // a delta needs its parent: keep the parent from deletion (or say clearly that we could not)
     const warning = await protectParent(client, parent.image.id, result.image.id, opts.log, opts.signal);

@@ -35,7 +35,10 @@ export async function loadParentIndex(client: GlanceClient, parentId: string, si
     throw new ClusterIndexError(`${role} ${parentId} has no bmsnap cluster index (${PROP.index} / ${PROP.indexSha256} unset): take it with --with-index, or take a full snapshot`);
   }
   if (image.status !== 'active') throw new ClusterIndexError(`${role} ${parentId} is ${image.status}, not active`);
-  const bytes = await client.download(indexId, MAX_INDEX_BYTES, signal);
+  const bytes = await client.download(indexId, MAX_INDEX_BYTES, signal).catch((err: { status?: number }) => {
+    if (err.status === 404) throw new ClusterIndexError(`the cluster index of ${role} ${parentId} (image ${indexId}) is gone from Glance`);
+    throw err;
+  });
   const got = sha256Hex(bytes);
   if (got !== want) throw new ClusterIndexError(`the cluster index of ${role} ${parentId} (image ${indexId}) has SHA-256 ${got.slice(0, 12)}…, the image records ${want.slice(0, 12)}…: it was changed or damaged`);
   return { image, index: parseIndex(bytes, `the cluster index of ${role} ${parentId}`), sha256: got, bytes };
