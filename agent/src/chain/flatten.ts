@@ -17,7 +17,7 @@ import type { Extent } from '../map/extents.js';
 import type { Sink } from '../sink/sink.js';
 import { HashingSink } from '../sink/hashing-sink.js';
 import { VERSION } from '../version.js';
-import { ClusterIndexBuilder, DIGEST_BYTES, type ClusterIndex } from '../incremental/cluster-index.js';
+import { ClusterIndexBuilder, IndexCursor, type ClusterIndex } from '../incremental/cluster-index.js';
 import { ChainError } from '../incremental/errors.js';
 import { planChain } from './chain-plan.js';
 import { decodeFrame } from './frame-decoder.js';
@@ -122,48 +122,34 @@ function clusterExtents(guest: Float64Array, virtualSize: number): Extent[] {
  * maps, with its digest; each mapped cluster without data must read as zeros.
  */
 class IndexCheck {
-  private run = 0;
-  private inRun = 0;
-  private ordinal = 0;
+  private readonly at: IndexCursor;
 
-  private constructor(private readonly index: ClusterIndex, private readonly hasher: ClusterIndexBuilder, private readonly zeroDigest: Buffer) {}
+  private constructor(index: ClusterIndex, private readonly hasher: ClusterIndexBuilder, private readonly zeroDigest: Buffer) {
+    this.at = new IndexCursor(index);
+  }
 
   static async create(index: ClusterIndex): Promise<IndexCheck> {
     const hasher = await ClusterIndexBuilder.create(index.clusterSize, index.virtualSize);
     return new IndexCheck(index, hasher, hasher.digest(1, Buffer.alloc(index.clusterSize)));
   }
 
-  private get next(): number {
-    const r = this.index.runs[this.run];
-    return r ? r.first + this.inRun : Infinity;
-  }
-
-  private expected(): Buffer {
-    return this.index.digests.subarray(this.ordinal * DIGEST_BYTES, (this.ordinal + 1) * DIGEST_BYTES);
-  }
-
-  private advance(): void {
-    this.ordinal++;
-    if (++this.inRun >= this.index.runs[this.run]!.count) { this.run++; this.inRun = 0; }
-  }
-
   /** Mapped clusters before GUEST (exclusive) have no data anywhere in the chain: zeros. */
   private zerosUntil(guest: number): void {
-    while (this.next < guest) {
-      if (!this.expected().equals(this.zeroDigest)) {
-        throw new ChainError(`cluster ${this.next} is in the index but no image of the chain holds it: a parent is missing or is not the one the delta was made against`);
+    while (!this.at.done && this.at.cluster < guest) {
+      if (!this.at.digest.equals(this.zeroDigest)) {
+        throw new ChainError(`cluster ${this.at.cluster} is in the index but no image of the chain holds it: a parent is missing or is not the one the delta was made against`);
       }
-      this.advance();
+      this.at.next();
     }
   }
 
   cluster(guest: number, data: Buffer, from: string): void {
     this.zerosUntil(guest);
-    if (this.next !== guest) throw new ChainError(`${from} holds cluster ${guest}, which the index does not map: the chain does not match the index`);
-    if (!this.hasher.digest(1, data).equals(this.expected())) {
+    if (this.at.done || this.at.cluster !== guest) throw new ChainError(`${from} holds cluster ${guest}, which the index does not map: the chain does not match the index`);
+    if (!this.hasher.digest(1, data).equals(this.at.digest)) {
       throw new ChainError(`cluster ${guest} from ${from} differs from the index: the image is damaged, or a parent is not the one the delta was made against`);
     }
-    this.advance();
+    this.at.next();
   }
 
   end(): void {

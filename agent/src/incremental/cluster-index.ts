@@ -96,6 +96,22 @@ export class ClusterIndexBuilder {
   }
 }
 
+/** Walks an index's mapped clusters in order, with each one's ordinal (its digest's position). */
+export class IndexCursor {
+  private run = 0;
+  private inRun = 0;
+  ordinal = 0;
+  constructor(private readonly index: ClusterIndex) {}
+  get done(): boolean { return this.run >= this.index.runs.length; }
+  get cluster(): number { return this.index.runs[this.run]!.first + this.inRun; }
+  /** The current cluster's digest. */
+  get digest(): Buffer { return this.index.digests.subarray(this.ordinal * DIGEST_BYTES, (this.ordinal + 1) * DIGEST_BYTES); }
+  next(): void {
+    this.ordinal++;
+    if (++this.inRun >= this.index.runs[this.run]!.count) { this.run++; this.inRun = 0; }
+  }
+}
+
 export function serializeIndex(index: ClusterIndex): Buffer {
   const n = clusterCount(index);
   if (index.digests.length !== n * DIGEST_BYTES) throw new Error('digest count does not match the runs');

@@ -3,7 +3,7 @@
 // disk no longer does becomes a zero cluster in the delta (an unallocated one would show the
 // parent's old bytes through). Everything else is left to the parent.
 import { subtract, type Extent } from '../map/extents.js';
-import { DIGEST_BYTES, type ClusterIndex, type ClusterRun } from './cluster-index.js';
+import { DIGEST_BYTES, IndexCursor, type ClusterIndex, type ClusterRun } from './cluster-index.js';
 import { ParentMismatchError } from './errors.js';
 
 export interface DeltaPlan {
@@ -32,8 +32,8 @@ export function planDelta(parent: ClusterIndex, current: ClusterIndex): DeltaPla
   const changed = new RunList();
   const dropped = new RunList();
   let unchanged = 0;
-  const p = new Cursor(parent);
-  const c = new Cursor(current);
+  const p = new IndexCursor(parent);
+  const c = new IndexCursor(current);
   while (!p.done || !c.done) {
     if (c.done || (!p.done && p.cluster < c.cluster)) {
       dropped.add(p.cluster);
@@ -59,20 +59,6 @@ export function runExtents(runs: readonly ClusterRun[], clusterSize: number): Ex
 /** The part of USED (a disk's used-byte map) inside the changed clusters: what the delta reads. */
 export function deltaUsed(used: readonly Extent[], plan: DeltaPlan, clusterSize: number): Extent[] {
   return subtract(used, subtract(used, runExtents(plan.changed, clusterSize)));
-}
-
-/** Walks an index's mapped clusters in order, with each one's ordinal (its digest's position). */
-class Cursor {
-  private run = 0;
-  private inRun = 0;
-  ordinal = 0;
-  constructor(private readonly index: ClusterIndex) {}
-  get done(): boolean { return this.run >= this.index.runs.length; }
-  get cluster(): number { return this.index.runs[this.run]!.first + this.inRun; }
-  next(): void {
-    this.ordinal++;
-    if (++this.inRun >= this.index.runs[this.run]!.count) { this.run++; this.inRun = 0; }
-  }
 }
 
 /** Clusters added in increasing order, kept as maximal runs. */
