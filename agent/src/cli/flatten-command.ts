@@ -15,6 +15,7 @@ import { flattenInto, type ChainMember, type FlattenManifest } from '../chain/fl
 import { SequentialReader } from '../chain/sequential-reader.js';
 import { logProgress, terminalProgress } from './progress-display.js';
 import { GLANCE_OPTIONS, GLANCE_USAGE, glanceConnection } from './glance-options.js';
+import { checkOutputPath } from './output-path.js';
 import type { GlanceImage } from '../glance/client.js';
 
 export const FLATTEN_USAGE = `usage: bmsnap flatten IMAGE --glance NAME [glance options]
@@ -95,7 +96,7 @@ export async function flattenCommand(argv: string[], signal: AbortSignal): Promi
       manifest = m;
       glanceId = image.id;
     } else {
-      await checkOutput(values.output!, positionals);
+      await checkOutputPath(values.output!, positionals, 'one of the images being flattened');
       manifest = await flattenInto(await open(), index.index, await FileSink.create(values.output!), opts);
     }
     progress?.done();
@@ -114,14 +115,4 @@ function inherited(top: GlanceImage | undefined): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(top ?? {})) if (k.startsWith('bmsnap_') && !skip.has(k) && typeof v === 'string') out[k] = v;
   return out;
-}
-
-async function checkOutput(out: string, inputs: string[]): Promise<void> {
-  const o = await stat(out).catch(() => undefined);
-  if (!o) return;
-  if (!o.isFile()) throw new UsageError(`output ${out} exists and is not a regular file`);
-  for (const p of inputs) {
-    const s = await stat(p).catch(() => undefined);
-    if (s && s.dev === o.dev && s.ino === o.ino) throw new UsageError(`output ${out} is one of the images being flattened`);
-  }
 }

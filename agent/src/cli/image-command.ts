@@ -1,5 +1,5 @@
 // `bmsnap image SOURCE -o OUT`: image a disk or raw image file locally.
-import { readFile, stat, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { parseIndex, sha256Hex, type ClusterIndex } from '../incremental/cluster-index.js';
 import { parseArgs } from 'node:util';
 import { UsageError, OutputError } from '../errors.js';
@@ -14,6 +14,7 @@ import type { Sink } from '../sink/sink.js';
 import { logProgress, terminalProgress } from './progress-display.js';
 import { checkedRelative, parseOperations } from '../scrub/operations.js';
 import { GLANCE_OPTIONS, GLANCE_USAGE, glanceConnection } from './glance-options.js';
+import { checkOutputPath } from './output-path.js';
 
 export const IMAGE_USAGE = `usage: bmsnap image SOURCE -o OUT [options]
        bmsnap image SOURCE --glance NAME [glance options] [options]
@@ -135,7 +136,7 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
       if (process.stdout.isTTY) throw new UsageError('refusing to write an image to a terminal; use -o FILE or a pipe');
       sink = new StdoutSink();
     } else {
-      await checkOutputPath(out!, sourcePath);
+      await checkOutputPath(out!, [sourcePath], 'the source itself');
       sink = await FileSink.create(out!);
     }
     let indexBytes: Buffer | undefined;
@@ -213,12 +214,4 @@ function byteSize(v: string, flag: string): number {
   const m = /^(\d+(?:\.\d+)?)([KMGT]?)i?B?$/i.exec(v.trim());
   if (!m) throw new UsageError(`${flag} wants a size such as 512M or 2G (got "${v}")`);
   return Math.floor(Number(m[1]) * 1024 ** ' KMGT'.indexOf((m[2] || ' ').toUpperCase()));
-}
-
-/** The output must not be the source, nor replace anything but a regular file. */
-async function checkOutputPath(out: string, sourcePath: string): Promise<void> {
-  const [o, s] = await Promise.all([stat(out).catch(() => undefined), stat(sourcePath)]);
-  if (!o) return;
-  if (o.dev === s.dev && o.ino === s.ino) throw new UsageError(`output ${out} is the source itself`);
-  if (!o.isFile()) throw new UsageError(`output ${out} exists and is not a regular file`);
 }
