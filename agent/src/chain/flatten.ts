@@ -17,18 +17,10 @@ import type { Extent } from '../map/extents.js';
 import type { Sink } from '../sink/sink.js';
 import { HashingSink } from '../sink/hashing-sink.js';
 import { VERSION } from '../version.js';
-import { ClusterIndexBuilder, IndexCursor, type ClusterIndex } from '../incremental/cluster-index.js';
-import { ChainError } from '../incremental/errors.js';
-import { planChain } from './chain-plan.js';
-import { decodeFrame } from './frame-decoder.js';
-import { readImageClusters, type ImageClusters } from './image-clusters.js';
-import type { SequentialReader } from './sequential-reader.js';
+import type { ClusterIndex } from '../incremental/cluster-index.js';
+import { openChain, walkChain, type ChainMember } from './chain-walk.js';
 
-export interface ChainMember {
-  reader: SequentialReader;
-  /** What the image's store says it holds: checked once the image has been read through. */
-  expect?: { size: number; sha512?: string };
-}
+export type { ChainMember } from './chain-walk.js';
 
 export interface FlattenStats {
   images: number;
@@ -45,24 +37,13 @@ const WRITE_CHUNK = 1 << 20;
 /** MEMBERS top first; TOPINDEX the top image's cluster index. Writes the flat image to SINK. */
 export async function flattenChain(members: readonly ChainMember[], topIndex: ClusterIndex, sink: Sink, opts: { progress?: Progress; signal?: AbortSignal } = {}): Promise<FlattenStats> {
   const progress = opts.progress ?? noProgress;
-  const images: ImageClusters[] = [];
-  for (const m of members) images.push(await readImageClusters(m.reader));
+  const chain = await openChain(members, topIndex);
+  const { images, plan, sizes } = chain;
   const top = images[0]!;
-  if (topIndex.clusterSize !== CLUSTER_SIZE || topIndex.virtualSize !== top.virtualSize) {
-    throw new ChainError(`the cluster index does not describe ${top.what} (a ${topIndex.virtualSize}-byte disk in ${topIndex.clusterSize}-byte clusters)`);
-  }
-  const plan = planChain(images);
-  const sizes = new Uint32Array(plan.count);
-  let largest = 1;
-  for (let i = 0; i < plan.count; i++) {
-    sizes[i] = images[plan.image[i]!]!.size[plan.entry[i]!]!;
-    largest = Math.max(largest, sizes[i]!);
-  }
   const used = clusterExtents(plan.guest, top.virtualSize);
-  const layout = planLayout(top.virtualSize, used, largest);
+  const layout = planLayout(top.virtualSize, used, chain.largest);
   for (const cluster of metadataClusters(layout, used, { codes: sizes, storedSize: STORED }, top.compressionType, top.plain)) await sink.write(cluster);
 
-  const check = await IndexCheck.create(topIndex);
   const clustersFrom = images.map(() => 0);
   let pending: Buffer[] = [];
   let pendingBytes = 0;
@@ -75,32 +56,18 @@ export async function flattenChain(members: readonly ChainMember[], topIndex: Cl
     pendingBytes = 0;
   };
   progress.phase('writing', plan.count * CLUSTER_SIZE);
-  for (let i = 0; i < plan.count; i++) {
-    if (opts.signal?.aborted) throw opts.signal.reason;
-    const k = plan.image[i]!;
-    const im = images[k]!;
-    const j = plan.entry[i]!;
-    const reader = members[k]!.reader;
-    await reader.skipTo(im.offset[j]!);
-    const frame = await reader.read(sizes[i]!);
-    const guest = plan.guest[i]!;
-    check.cluster(guest, decodeFrame(im.compressionType, im.plain, frame, () => `cluster ${guest} of ${im.what}`), im.what);
-    clustersFrom[k]!++;
-    pending.push(frame);
-    pendingBytes += frame.length;
+  // frames are copied as they are; the walk has checked their content against the index
+  for await (const c of walkChain(chain, opts.signal ? { signal: opts.signal } : {})) {
+    if (c.zero) continue;
+    clustersFrom[c.image]!++;
+    pending.push(c.frame);
+    pendingBytes += c.frame.length;
     if (pendingBytes >= WRITE_CHUNK) await flush();
     progress.advance(CLUSTER_SIZE);
   }
   await flush();
-  check.end();
   const pad = fileSizeFor(layout, dataBytes) - (layout.dataOffset + dataBytes);
   if (pad > 0) await sink.write(Buffer.alloc(pad));
-  for (const m of members) {
-    const got = await m.reader.drain();
-    if (m.expect && (got.size !== m.expect.size || (m.expect.sha512 && got.sha512 !== m.expect.sha512))) {
-      throw new ChainError(`${m.reader.what} is not what its store recorded (${got.size} bytes read, ${m.expect.size} expected${m.expect.sha512 ? ', or its sha512 differs' : ''})`);
-    }
-  }
   return { images: images.length, clusters: plan.count, clustersFrom, dataBytes, fileSize: fileSizeFor(layout, dataBytes), compressionType: top.compressionType };
 }
 
@@ -115,46 +82,6 @@ function clusterExtents(guest: Float64Array, virtualSize: number): Extent[] {
     else out.push({ offset, length });
   }
   return out;
-}
-
-/**
- * Walks the index alongside the clusters that have data: each such cluster must be one the index
- * maps, with its digest; each mapped cluster without data must read as zeros.
- */
-class IndexCheck {
-  private readonly at: IndexCursor;
-
-  private constructor(index: ClusterIndex, private readonly hasher: ClusterIndexBuilder, private readonly zeroDigest: Buffer) {
-    this.at = new IndexCursor(index);
-  }
-
-  static async create(index: ClusterIndex): Promise<IndexCheck> {
-    const hasher = await ClusterIndexBuilder.create(index.clusterSize, index.virtualSize);
-    return new IndexCheck(index, hasher, hasher.digest(1, Buffer.alloc(index.clusterSize)));
-  }
-
-  /** Mapped clusters before GUEST (exclusive) have no data anywhere in the chain: zeros. */
-  private zerosUntil(guest: number): void {
-    while (!this.at.done && this.at.cluster < guest) {
-      if (!this.at.digest.equals(this.zeroDigest)) {
-        throw new ChainError(`cluster ${this.at.cluster} is in the index but no image of the chain holds it: a parent is missing or is not the one the delta was made against`);
-      }
-      this.at.next();
-    }
-  }
-
-  cluster(guest: number, data: Buffer, from: string): void {
-    this.zerosUntil(guest);
-    if (this.at.done || this.at.cluster !== guest) throw new ChainError(`${from} holds cluster ${guest}, which the index does not map: the chain does not match the index`);
-    if (!this.hasher.digest(1, data).equals(this.at.digest)) {
-      throw new ChainError(`cluster ${guest} from ${from} differs from the index: the image is damaged, or a parent is not the one the delta was made against`);
-    }
-    this.at.next();
-  }
-
-  end(): void {
-    this.zerosUntil(Infinity);
-  }
 }
 
 export interface FlattenManifest {

@@ -5,7 +5,7 @@ import type { GlanceClient, GlanceImage } from '../glance/client.js';
 import type { ClusterIndex } from '../incremental/cluster-index.js';
 import { ChainError } from '../incremental/errors.js';
 import { PROP, loadParentIndex } from '../incremental/glance-index.js';
-import type { ChainMember } from './flatten.js';
+import type { ChainMember } from './chain-walk.js';
 import { SequentialReader } from './sequential-reader.js';
 
 /** Deeper than this is a loop or a mistake (and flattening regularly keeps chains short). */

@@ -1,18 +1,15 @@
 // `bmsnap flatten`: a delta and its parents -> one standalone qcow2 (for sharing, other sites,
 // or ending a long chain). Compressed clusters are copied, not recompressed; every cluster is
 // checked against the top image's cluster index.
-import { createReadStream } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { UsageError } from '../errors.js';
 import { choice, keyValues, oneLine } from '../options.js';
 import { createLogger } from '../log.js';
 import { FileSink } from '../sink/file-sink.js';
-import { errnoText } from '../source/open-source.js';
-import { parseIndex, sha256Hex } from '../incremental/cluster-index.js';
+import { sha256Hex } from '../incremental/cluster-index.js';
 import { PROP } from '../incremental/glance-index.js';
-import { flattenInto, type ChainMember, type FlattenManifest } from '../chain/flatten.js';
-import { SequentialReader } from '../chain/sequential-reader.js';
+import { flattenInto, type FlattenManifest } from '../chain/flatten.js';
+import { chainArgs } from './chain-args.js';
 import { logProgress, terminalProgress } from './progress-display.js';
 import { GLANCE_OPTIONS, GLANCE_USAGE, glanceConnection } from './glance-options.js';
 import { checkOutputPath } from './output-path.js';
@@ -62,27 +59,9 @@ export async function flattenCommand(argv: string[], signal: AbortSignal): Promi
   const { GlanceClient } = await import('../glance/client.js');
   const client = needsGlance ? new GlanceClient(await glanceConnection(values)) : undefined;
   try {
-    // the chain: members to read, the top index, and (from Glance) the top image
-    let open: () => Promise<ChainMember[]>;
-    let index: { index: ReturnType<typeof parseIndex>; bytes: Buffer };
-    let topImage: GlanceImage | undefined;
-    if (local) {
-      for (const p of positionals) {
-        const st = await stat(p).catch((err) => { throw new UsageError(`cannot read ${p}: ${errnoText(err)}`); });
-        if (!st.isFile()) throw new UsageError(`${p} is not a regular file`);
-      }
-      const bytes = await readFile(values.index!).catch((err) => { throw new UsageError(`cannot read cluster index ${values.index}: ${errnoText(err)}`); });
-      index = { index: parseIndex(bytes, `cluster index ${values.index}`), bytes };
-      open = async () => positionals.map((p) => ({ reader: new SequentialReader(createReadStream(p), `file ${p}`) }));
-    } else {
-      const { resolveGlanceChain, openGlanceChain } = await import('../chain/glance-chain.js');
-      const chain = await resolveGlanceChain(client!, positionals[0]!, signal);
-      if (chain.images.length < 2) log.warn({ image: chain.images[0]!.id }, 'the image is not a delta: flattening copies it as it is');
-      log.info({ chain: chain.images.map((i) => i.id) }, 'chain resolved');
-      index = chain.top;
-      topImage = chain.images[0];
-      open = () => openGlanceChain(client!, chain, signal);
-    }
+    const chain = await chainArgs(positionals, values.index, client, log, signal);
+    const topImage = chain.topImage;
+    if (topImage && typeof topImage[PROP.parent] !== 'string') log.warn({ image: topImage.id }, 'the image is not a delta: flattening copies it as it is');
     const opts = { signal, ...(progress ? { progress } : {}) };
     let manifest: FlattenManifest;
     let glanceId: string | undefined;
@@ -92,15 +71,15 @@ export async function flattenCommand(argv: string[], signal: AbortSignal): Promi
         name: values.glance, diskFormat: 'qcow2', visibility, withIndex: true, log, signal,
         ...(topImage && typeof topImage.min_disk === 'number' ? { minDisk: topImage.min_disk } : {}),
         properties: { ...inherited(topImage), bmsnap_flattened_from: topImage?.id ?? positionals[0]!, ...properties },
-      }, async (sink) => ({ manifest: await flattenInto(await open(), index.index, sink, opts), indexBytes: index.bytes }));
+      }, async (sink) => ({ manifest: await flattenInto(await chain.open(), chain.index, sink, opts), indexBytes: chain.indexBytes }));
       manifest = m;
       glanceId = image.id;
     } else {
       await checkOutputPath(values.output!, positionals, 'one of the images being flattened');
-      manifest = await flattenInto(await open(), index.index, await FileSink.create(values.output!), opts);
+      manifest = await flattenInto(await chain.open(), chain.index, await FileSink.create(values.output!), opts);
     }
     progress?.done();
-    const full = { ...manifest, clusterIndexSha256: sha256Hex(index.bytes), ...(glanceId ? { glance: { imageId: glanceId } } : {}) };
+    const full = { ...manifest, clusterIndexSha256: sha256Hex(chain.indexBytes), ...(glanceId ? { glance: { imageId: glanceId } } : {}) };
     if (values.json) process.stdout.write(JSON.stringify(full, null, 2) + '\n');
     const from = manifest.flatten.clustersFrom.map((n, i) => `${n}${i === 0 ? ' from the delta' : ''}`).join(' + ');
     if (!values.quiet) process.stderr.write(`bmsnap: flattened ${manifest.chain.length} images into ${glanceId ? `glance image ${glanceId}` : values.output}: ${manifest.bytesWritten} bytes, ${manifest.flatten.clusters} clusters (${from}), every cluster checked against the index\n`);

@@ -11,6 +11,8 @@ commands:
   flatten IMAGE --glance NAME
                          make one standalone image of a delta and its parents
   delete IMAGE           delete a snapshot and its index (refused while deltas need it)
+  deploy IMAGE --to DEVICE
+                         write an image (a delta with its parents) onto a disk, used clusters only
   agent                  run the ironic-python-agent compatible agent (ramdisk)
   now --mode kexec --glance NAME
                          snapshot this running node into Glance: kexec into the bmsnap
@@ -28,6 +30,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   image: async () => (await import('./image-command.js')).imageCommand,
   flatten: async () => (await import('./flatten-command.js')).flattenCommand,
   delete: async () => (await import('./delete-command.js')).deleteCommand,
+  deploy: async () => (await import('./deploy-command.js')).deployCommand,
   agent: async () => (await import('./agent-command.js')).agentCommand,
   now: async () => (await import('./now-command.js')).nowCommand,
   oneshot: async () => (await import('./oneshot-command.js')).oneshotCommand,

@@ -80,7 +80,8 @@ function parseHeader(buf: Buffer): Header | string {
   };
 }
 
-async function readCopy(r: ByteReader, lba: bigint, ss: number): Promise<{ header: Header; entries: Buffer } | string> {
+/** One copy of the table (header at LBA), checked, with its entry array; or why it is unusable. */
+export async function readGptCopy(r: ByteReader, lba: bigint, ss: number): Promise<{ header: Header; entries: Buffer } | string> {
   const lastLba = BigInt(Math.floor(r.size / ss) - 1);
   if (lba < 1n || lba > lastLba) return `header LBA ${lba} outside the disk`;
   const header = parseHeader(await readBytes(r, Number(lba) * ss, ss));
@@ -96,11 +97,11 @@ async function readCopy(r: ByteReader, lba: bigint, ss: number): Promise<{ heade
 
 export async function readGpt(r: ByteReader, ss: number): Promise<PartitionTable> {
   const warnings: string[] = [];
-  const primary = await readCopy(r, 1n, ss);
+  const primary = await readGptCopy(r, 1n, ss);
   let chosen = typeof primary === 'string' ? undefined : primary;
   // The backup lives where the primary says, or failing that at the last LBA.
   const backupLba = chosen ? chosen.header.backupLba : BigInt(Math.floor(r.size / ss) - 1);
-  const backup = await readCopy(r, backupLba, ss);
+  const backup = await readGptCopy(r, backupLba, ss);
   if (!chosen) {
     if (typeof backup === 'string') {
       throw new PartitionTableError(`corrupt GPT: primary header (${primary}) and backup header (${backup}) are both unusable`);

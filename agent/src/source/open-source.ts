@@ -20,24 +20,7 @@ export async function openSource(path: string): Promise<Source> {
     throw new SourceError(`cannot open source ${path}: ${errnoText(err)}`, { cause: err });
   }
   try {
-    const st = await fh.stat();
-    let size: number;
-    let sectorSize = 512;
-    let kind: Source['kind'];
-    if (st.isBlockDevice()) {
-      kind = 'block-device';
-      const sys = `/sys/dev/block/${devMajMin(st.rdev)}`;
-      size = Number((await readFile(`${sys}/size`, 'utf8')).trim()) * 512;
-      sectorSize = await readFile(`${sys}/queue/logical_block_size`, 'utf8')
-        .then((s) => Number(s.trim()))
-        // partitions have no queue/ of their own
-        .catch(() => 512);
-    } else if (st.isFile()) {
-      kind = 'file';
-      size = st.size;
-    } else {
-      throw new SourceError(`source ${path} is neither a block device nor a regular file`);
-    }
+    const { kind, size, sectorSize } = await describeDisk(fh, path);
     if (!Number.isSafeInteger(size) || size <= 0) throw new SourceError(`source ${path} is empty`);
     return new FileSource(path, fh, size, kind, sectorSize);
   } catch (err) {
@@ -45,6 +28,22 @@ export async function openSource(path: string): Promise<Source> {
     if (err instanceof SourceError) throw err;
     throw new SourceError(`cannot inspect source ${path}: ${errnoText(err)}`, { cause: err });
   }
+}
+
+/** What an open disk (block device or regular file) is: its kind, size and logical sector size. */
+export async function describeDisk(fh: FileHandle, path: string): Promise<{ kind: Source['kind']; size: number; sectorSize: number }> {
+  const st = await fh.stat();
+  if (st.isBlockDevice()) {
+    const sys = `/sys/dev/block/${devMajMin(st.rdev)}`;
+    const size = Number((await readFile(`${sys}/size`, 'utf8')).trim()) * 512;
+    const sectorSize = await readFile(`${sys}/queue/logical_block_size`, 'utf8')
+      .then((s) => Number(s.trim()))
+      // partitions have no queue/ of their own
+      .catch(() => 512);
+    return { kind: 'block-device', size, sectorSize };
+  }
+  if (st.isFile()) return { kind: 'file', size: st.size, sectorSize: 512 };
+  throw new SourceError(`${path} is neither a block device nor a regular file`);
 }
 
 class FileSource implements Source {
