@@ -17,7 +17,11 @@ class RecordingFakeBoot(fake.FakeBoot):
     def prepare_ramdisk(self, task, ramdisk_params, mode="deploy"):
         os.makedirs(CONF.bmsnap.fake_boot_dir, exist_ok=True)
         path = os.path.join(CONF.bmsnap.fake_boot_dir, "%s.cmdline" % task.node.uuid)
-        words = " ".join("%s=%s" % (k, v) for k, v in sorted(ramdisk_params.items()))
+        params = dict(ramdisk_params)
+        # what BOOTIF does for a PXE-booted ramdisk: lets the agent look its node up (a deploy
+        # has no pre-generated token; the node has no ports for a MAC lookup)
+        params.setdefault("ipa-node-uuid", task.node.uuid)
+        words = " ".join("%s=%s" % (k, v) for k, v in sorted(params.items()))
         tmp = path + ".tmp"
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(words + "\n")

@@ -8,6 +8,7 @@ so a node uses ``driver=bmsnap-ipmi`` (or -redfish, or -fake-hardware for tests)
 from ironic.drivers import fake_hardware
 from ironic.drivers import ipmi
 from ironic.drivers import redfish
+from ironic.drivers.modules import noop_mgmt
 
 from bmsnap_ironic.deploy import BmsnapDeploy
 from bmsnap_ironic.fake_boot import RecordingFakeBoot
@@ -37,3 +38,8 @@ class BmsnapFakeHardware(fake_hardware.FakeHardware):
     @property
     def supported_boot_interfaces(self):
         return [RecordingFakeBoot] + list(fake_hardware.FakeHardware().supported_boot_interfaces)
+
+    @property
+    def supported_management_interfaces(self):
+        # fake management boots only from PXE; a deploy ends with "boot from disk" (noop takes it)
+        return list(fake_hardware.FakeHardware().supported_management_interfaces) + [noop_mgmt.NoopManagement]

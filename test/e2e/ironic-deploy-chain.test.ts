@@ -1,0 +1,200 @@
+// Deploying a delta through a REAL Ironic 29 (test/stack/: Debian trixie's ironic-api and
+// ironic-conductor with the bmsnap plugin, Glance 30 and Keystone, on 127.0.0.1), issue 12:
+//   - a bootable disk (test/lib/bootable-disk.sh: GRUB, ESP, ext4 root whose marker program
+//     prints the sha256 of /etc/bmsnap-payload) is snapshotted in full with its index, then its
+//     payload and 1 % of its files change, and a delta goes into Glance with --parent;
+//   - a node (bmsnap-fake-hardware, deploy interface bmsnap) is deployed with the DELTA as its
+//     image: the conductor resolves the chain, mints a read-only credential limited to the
+//     chain's images and hands it to the agent in the command parameters only; the agent (the
+//     TypeScript agent, started by the harness on the bmsnap-fake boot's "ramdisk boot") writes
+//     the chain onto the node's disk (a loop device full of stale bytes), used clusters only;
+//   - the node goes active; the disk holds every filesystem of the changed source file by file
+//     and BOOTS in a VM, printing the changed payload's hash; the credential is gone; no token in
+//     node fields or logs.
+import t from 'tap';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { mkdir, mkdtemp, readFile, readdir, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { attachLoop, loopPartition, REPO_ROOT, run, withMount, type Loop, type TestDisk } from '../lib/disks.js';
+import { digestAll } from '../lib/verify.js';
+import { pickPortIn } from '../lib/ports.js';
+import { bmsnap } from '../lib/cli.js';
+import { FakeBootWatcher, IronicStack, secs } from '../lib/ironic-stack.js';
+import { finishStackRun, requireRootAndAgent, tsAgentBooter, type Ramdisk } from '../lib/ts-ramdisk.js';
+import { Vm } from '../lib/vm.js';
+
+requireRootAndAgent(t, 'chroot, loop devices, mounts');
+
+const taken = new Set<number>();
+const pickPort = (lo: number, hi: number) => pickPortIn(lo, hi, taken);
+const started = Date.now();
+let completed = false;
+const work = await mkdtemp(join(tmpdir(), 'bmsnap-ironic-deploy-'));
+t.comment(`work dir ${work}`);
+const stack = new IronicStack({
+  dir: join(work, 'stack'),
+  ironicPort: await pickPort(16300, 16329),
+  glancePort: await pickPort(19400, 19429),
+  keystonePort: await pickPort(15100, 15199),
+  ironicConf: '[conductor]\ndeploy_callback_timeout = 120\n',
+});
+await mkdir(join(work, 'cmdlines'), { recursive: true });
+const harness = new FakeBootWatcher<Ramdisk>(stack.bootDir, join(work, 'cmdlines'),
+  tsAgentBooter({ logDir: join(stack.dir, 'log'), ports: [19800, 19899], taken }));
+const loops: Loop[] = [];
+const disks: TestDisk[] = [];
+const vms: Vm[] = [];
+t.teardown(async () => {
+  for (const vm of vms) await vm.stop();
+  for (const l of loops) await l.detach().catch(() => undefined);
+  await finishStackRun({ harness, stack, disks, work, keep: !t.passing() || !completed, started });
+});
+
+let stackUp = false;
+await t.test('stack with the bmsnap plugin and Keystone', async (t) => {
+  const err = await stack.start();
+  if (err) { t.fail('stack start', { output: err }); return; }
+  stackUp = true;
+  harness.start();
+  t.pass(`stack up after ${secs(started)} s`);
+});
+if (!stackUp) process.exitCode = 1;
+
+const at = (f: string) => join(work, f);
+const source = at('source.raw');
+const marker = randomUUID();
+let tokenFile = '';
+let fullId = '';
+let deltaId = '';
+let changedPayload = '';
+
+async function glanceCli(args: string[]) {
+  return bmsnap([...args, '--glance-url', stack.glance, '--token-file', tokenFile, '--json', '-q']);
+}
+
+if (stackUp) await t.test('a bootable disk, its full snapshot, a change, a delta', async (t) => {
+  const made = await execa('bash', [join(REPO_ROOT, 'test/lib/bootable-disk.sh'), source, marker], { reject: false, stdin: 'ignore' });
+  t.equal(made.exitCode, 0, 'bootable-disk.sh exits 0', { stderr: String(made.stderr) });
+  const ks = stack.keystone!;
+  tokenFile = at('token');
+  await writeFile(tokenFile, (await ks.token('admin', ks.admin.password, 'admin')).token, { mode: 0o600 });
+  const full = await glanceCli(['image', source, '--glance', 'deploy-full', '--with-index']);
+  t.equal(full.exitCode, 0, 'full snapshot with its index into Glance', { stderr: full.stderr });
+  fullId = JSON.parse(full.stdout).glance.imageId;
+
+  const loop = await attachLoop(source, { partscan: true });
+  try {
+    await withMount(await loopPartition(loop, 3), 'rw', async (dir) => {
+      const payload = randomBytes(300_000);
+      await writeFile(join(dir, 'etc/bmsnap-payload'), payload);
+      changedPayload = createHash('sha256').update(payload).digest('hex');
+      await writeFile(join(dir, 'new-after-full'), randomBytes(200_000));
+    });
+  } finally { await loop.detach(); }
+  const delta = await glanceCli(['image', source, '--glance', 'deploy-delta', '--parent', fullId]);
+  t.equal(delta.exitCode, 0, 'delta against the full image', { stderr: delta.stderr });
+  const md = JSON.parse(delta.stdout);
+  deltaId = md.glance.imageId;
+  t.ok(md.bytesWritten < 0.2 * JSON.parse(full.stdout).bytesWritten, `the delta (${md.bytesWritten} bytes) is a fraction of the full image (${JSON.parse(full.stdout).bytesWritten})`);
+});
+
+/** A node for a deploy (the image in instance_info, the disk in root_device), made available. */
+async function availableNode(name: string, imageId: string, disk: string): Promise<string> {
+  // everything at create: trixie's 29.0.5 breaks nodes on any PATCH (test/stack/README.md)
+  const res = await fetch(`${stack.ironic}/v1/nodes`, {
+    method: 'POST', headers: { 'content-type': 'application/json', 'X-OpenStack-Ironic-API-Version': '1.95' },
+    body: JSON.stringify({ name, driver: 'bmsnap-fake-hardware', deploy_interface: 'bmsnap', boot_interface: 'bmsnap-fake', management_interface: 'noop',
+      properties: { root_device: { name: disk } }, instance_info: { image_source: imageId },
+      // sync + power off instead of an in-band power off (the fake power interface never sees
+      // it); noop management takes the final "boot from disk" (fake management knows only PXE)
+      driver_info: { deploy_forces_oob_reboot: true } }),
+  });
+  if (res.status !== 201) throw new Error(`node create: ${res.status} ${await res.text()}`);
+  const uuid = ((await res.json()) as { uuid: string }).uuid;
+  await stack.baremetal(['node', 'manage', name, '--wait', '60']);
+  await stack.baremetal(['node', 'provide', name, '--wait', '60']);
+  return uuid;
+}
+
+/** A 1 GiB target disk (larger than the source), its first 600 MiB stale bytes, on a loop device. */
+async function staleTarget(name: string): Promise<{ file: string; dev: string }> {
+  const file = at(name);
+  await run('bash', ['-c', `yes BMSNAP-STALE-TARGET | head -c ${600 * 2 ** 20} > ${file} && truncate -s 1G ${file}`]);
+  const loop = await attachLoop(file);
+  loops.push(loop);
+  return { file, dev: loop.dev };
+}
+
+/** The ironic user's application credentials made for deploys. */
+async function deployCredentials(): Promise<{ name: string; access_rules: { method: string; path: string }[] }[]> {
+  const ks = stack.keystone!;
+  const users = (await ks.api('GET', '/users?name=ironic')) as { users: { id: string }[] };
+  const creds = (await ks.api('GET', `/users/${users.users[0]!.id}/application_credentials`)) as { application_credentials: { name: string; access_rules: { method: string; path: string }[] }[] };
+  return creds.application_credentials.filter((c) => c.name.startsWith('bmsnap-deploy-'));
+}
+
+if (deltaId) await t.test('baremetal node deploy with the delta: the agent writes the chain, the disk boots', async (t) => {
+  const target = await staleTarget('node-disk.raw');
+  const uuid = await availableNode('deploy-delta-node', deltaId, target.dev);
+  const t0 = Date.now();
+  const nBoots = harness.boots.length;
+  await stack.baremetal(['node', 'deploy', uuid]);
+  const ramdisk = await harness.waitBoot(uuid, nBoots, 120);
+  // while the agent writes: one credential, reading the chain's images and the delta's index only
+  let rules: string[] = [];
+  const during = await (async () => {
+    for (let i = 0; i < 300; i++) {
+      const c = await deployCredentials();
+      if (c.length) return c;
+      const n = await stack.getNode(uuid);
+      if (!['deploying', 'wait call-back'].includes(n.provision_state)) return c;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    return [];
+  })();
+  if (during.length) rules = during[0]!.access_rules.map((r) => `${r.method} ${r.path}`).sort();
+  const n = await stack.waitState(uuid, ['active', 'deploy failed'], 300);
+  t.comment(`deploy -> ${n.provision_state} in ${secs(t0)} s`);
+  t.equal(n.provision_state, 'active', 'node active', { last_error: n.last_error });
+  t.equal(n.last_error, null, 'no last_error');
+  const delta: any = await (await stack.glanceFetch(`/v2/images/${deltaId}`)).json();
+  if (during.length) {
+    t.same(rules, [`GET /v2/images/${deltaId}`, `GET /v2/images/${deltaId}/file`, `GET /v2/images/${delta.bmsnap_index_image}/file`,
+      `GET /v2/images/${fullId}`, `GET /v2/images/${fullId}/file`].sort(), 'the agent\'s credential reads the chain and the delta\'s index, nothing else');
+  } else {
+    t.fail('no deploy credential seen while the agent wrote');
+  }
+  t.same(await deployCredentials(), [], 'the credential is deleted once the write ended');
+  const info = n.driver_internal_info.bmsnap_deploy;
+  t.match(info, { image_id: deltaId, chain: [deltaId, fullId], state: 'written', device: target.dev }, 'driver_internal_info.bmsnap_deploy: the chain written');
+  t.equal(info.credential, undefined, 'no credential id left on the node');
+  t.ok(info.bytesWritten > 0 && info.bytesWritten < 0.8 * (await stat(source)).size, `used clusters only (${info.bytesWritten} bytes written)`);
+  t.equal(n.instance_info.image_url ?? null, null, 'no conductor-side image cache or URL');
+
+  const want = await digestAll(source);
+  const got = await digestAll(target.file);
+  t.same([...got.keys()], [...want.keys()], 'the same filesystems');
+  for (const [i, d] of want) t.same(got.get(i)?.entries, d.entries, `partition ${i} (${d.fs}): the tree of the changed source, file by file`);
+  const verify = await execa('sgdisk', ['-v', target.file], { reject: false });
+  t.match(String(verify.stdout), /No problems found/, 'sgdisk -v: the GPT is sound, its backup at the end of the larger disk');
+
+  const vm = new Vm({ name: 'deployed-boot', serialLog: at('deployed-boot.serial.log'), memoryMiB: 512,
+    disks: [{ file: target.file, format: 'raw', snapshot: true }], noNetwork: true });
+  vms.push(vm);
+  const seen = await vm.waitLine(/BMSNAP-MARKER (\S+) ([0-9a-f]{64})/, 240);
+  await vm.stop();
+  t.equal(seen.match[1], marker, 'the deployed disk boots (the source\'s marker on the console)');
+  t.equal(seen.match[2], changedPayload, 'and its root holds the payload as changed after the full snapshot');
+
+  // no token anywhere it could leak
+  const show = await stack.baremetal(['node', 'show', uuid], { json: true });
+  const tokens = [await readFile(tokenFile, 'utf8'), ramdisk.token].filter((x) => x.length >= 16);
+  const logs = await readdir(join(stack.dir, 'log'));
+  for (const tok of tokens) {
+    t.notOk(show.stdout.includes(tok), 'no token in `baremetal node show`');
+    for (const f of logs) t.notOk((await readFile(join(stack.dir, 'log', f), 'utf8')).includes(tok), `no token in log ${f}`);
+  }
+  completed = true;
+});
