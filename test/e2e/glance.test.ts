@@ -246,9 +246,11 @@ async function uploadTests(t: Tap, disk: TestDisk, glance: LocalGlance, work: st
   t.same(JSON.parse(await readFile(manifestPath, 'utf8')), manifest, '--manifest file = --json output');
 
   const added = await addedSince(glance, before);
-  t.same(Object.keys(added.images), [id], 'exactly one new image in Glance');
-  t.same(Object.keys(added.files), [id], 'exactly one new file in the store, named after the image');
+  t.same(Object.keys(added.images), [id], 'exactly one new image in Glance (its index image is hidden)');
   const img = await glance.getImage(id);
+  const indexId = String(img.bmsnap_index_image);
+  t.equal((await glance.getImage(indexId)).os_hidden, true, 'the cluster index is stored by default, in a hidden image');
+  t.same(Object.keys(added.files).sort(), [id, indexId].sort(), 'two new files in the store: the image and its index');
   t.equal(img.status, 'active', 'Glance: status active');
   t.equal(img.size, manifest.bytesWritten, 'Glance size = manifest bytesWritten');
   t.equal(img.checksum, manifest.md5, 'Glance checksum (md5) = manifest md5');
@@ -336,7 +338,8 @@ async function serverErrorTests(t: Tap, disk: TestDisk, g: LocalGlance): Promise
       ]);
       t.teardown(() => proxy.close());
       const before = await storeState(g);
-      const r = await bmsnap(['image', disk.path, '--glance', 'e2e-5xx', '--glance-url', proxy.url, '--json', '--retries', String(c.retries)], { OS_TOKEN: SECRET });
+      // --no-index: one create per attempt (the index image is a second one; incremental.test.ts)
+      const r = await bmsnap(['image', disk.path, '--glance', 'e2e-5xx', '--glance-url', proxy.url, '--json', '--no-index', '--retries', String(c.retries)], { OS_TOKEN: SECRET });
       t.same(proxy.injected, [c.post, c.put], `the proxy answered 500 to ${c.post} create(s) and ${c.put} upload(s)`, { log: proxy.log });
       const posts = proxy.log.filter((l) => l.startsWith('POST ')).length;
       const created = createdIds(r.stderr);

@@ -196,8 +196,8 @@ await t.test('through Glance: the index beside the image, and a delta against a 
   const glance = await startGlance();
   t.teardown(() => glance.dispose());
   const up = (name: string, ...more: string[]) => bmsnap(['image', disk, '--glance', name, '--glance-url', glance.url, '--json', '-q', ...more]);
-  const base = await up('incr-base', '--with-index');
-  t.equal(base.exitCode, 0, 'full upload --with-index', { stderr: base.stderr });
+  const base = await up('incr-base');
+  t.equal(base.exitCode, 0, 'full upload (the index is stored by default)', { stderr: base.stderr });
   const mb = JSON.parse(base.stdout);
   const baseImg = await glance.getImage(mb.glance.imageId);
   const indexId = baseImg.bmsnap_index_image as string;
@@ -255,8 +255,9 @@ await t.test('through Glance: the index beside the image, and a delta against a 
   for (const f of ['g-flat.raw', 'g-flat.qcow2']) await rm(at(f));
 
   const before = new Set((await allImages(glance)).map((i) => i.id));
-  const plain = await up('incr-plain');
-  t.equal(plain.exitCode, 0, 'an upload without an index');
+  const plain = await up('incr-plain', '--no-index');
+  t.equal(plain.exitCode, 0, 'an upload without an index (--no-index)');
+  t.equal((await glance.getImage(JSON.parse(plain.stdout).glance.imageId as string)).bmsnap_index_image, undefined, '... names no index image');
   const noIndex = await up('incr-bad', '--parent', JSON.parse(plain.stdout).glance.imageId as string);
   t.equal(noIndex.exitCode, 1, 'a parent without an index: exit 1');
   t.match(noIndex.stderr.trim(), /^bmsnap: parent image \S+ has no bmsnap cluster index/, 'says so', { stderr: noIndex.stderr });

@@ -35,7 +35,8 @@ options:
 incremental (qcow2; docs/incremental.md):
       --index PATH        with -o: also write the image's cluster index (a digest per 64 KiB
                           cluster) to PATH, for a later --parent-index
-      --with-index        with --glance: store the index in Glance, beside the image (hidden)
+      --no-index          with --glance: store no index (by default a qcow2 in Glance has
+                          its index beside it, a hidden image; --with-index says so explicitly)
       --parent-index PATH with -o: write a DELTA holding only the clusters that differ from the
                           image whose index is PATH (read it over that image, e.g.
                           qemu-img rebase -u -b PARENT)
@@ -85,7 +86,9 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
   const scrubOps = values.scrub ? parseOperations(values['scrub-ops']) : undefined;
   const scrubPaths = (values['scrub-path'] ?? []).map((p) => { checkedRelative(p); return p; });
   const incremental = values.index !== undefined || values['with-index'] === true || values['parent-index'] !== undefined || values.parent !== undefined;
-  if (incremental && format !== 'qcow2') throw new UsageError('--index, --parent and --parent-index need --format qcow2');
+  if (incremental && format !== 'qcow2') throw new UsageError('--index, --with-index, --parent and --parent-index need --format qcow2');
+  if (values['no-index'] && (values['with-index'] || values.parent)) throw new UsageError('--no-index excludes --with-index and --parent (a delta stores its index)');
+  if (!values.glance && values['no-index']) throw new UsageError('--no-index goes with --glance (with -o, no --index PATH means no index)');
   if (values.glance && values['parent-index']) throw new UsageError('with --glance the parent is a Glance image: --parent IMAGE');
   if (!values.glance && values.parent) throw new UsageError('--parent IMAGE goes with --glance; with -o use --parent-index PATH');
   if (values.glance && values.index !== undefined) throw new UsageError('with --glance the index goes into Glance: --with-index (no PATH)');
@@ -110,7 +113,8 @@ export async function imageCommand(argv: string[], signal: AbortSignal): Promise
         name: values.glance, visibility, format, codec, retries, keepFailed: values['keep-failed'] === true,
         properties: { ...(scrubOps ? { bmsnap_scrubbed: scrubOps.map((o) => o.name).join(',') } : {}), ...properties },
         captureMethod: 'offline-cli', signal, log,
-        ...(incremental ? { incremental: values.parent ? { parentImageId: values.parent, orFull: values['or-full'] === true } : {} } : {}),
+        ...(values['no-index'] ? { index: false } : {}),
+        ...(values.parent ? { parent: { imageId: values.parent, orFull: values['or-full'] === true } } : {}),
         ...(level !== undefined ? { level } : {}),
         ...(workers !== undefined ? { workers } : {}),
         ...(frameCacheBytes !== undefined ? { frameCacheBytes } : {}),
@@ -197,6 +201,7 @@ function parse(argv: string[]) {
       'scrub-path': { type: 'string', multiple: true },
       index: { type: 'string' },
       'with-index': { type: 'boolean' },
+      'no-index': { type: 'boolean' },
       'parent-index': { type: 'string' },
       parent: { type: 'string' },
       'or-full': { type: 'boolean' },

@@ -28,6 +28,11 @@ export interface PublishImageOptions {
    * conductor plugin) owns it, verifies it and deletes it on failure; no retries here.
    */
   imageId?: string;
+  /**
+   * With imageId and withIndex: the queued, hidden image created for the index beside it (the
+   * creator owns it too). Without it, an index is stored in an image created here.
+   */
+  indexImageId?: string;
   retries?: number;
   keepFailed?: boolean;
   signal?: AbortSignal;
@@ -86,7 +91,10 @@ async function attemptOnce<M extends SentDigests>(client: GlanceClient, opts: Pu
   const owned = !opts.imageId;
   const visibility = opts.visibility ?? 'private';
   // the index image first, so that the image can name it from its creation on
-  const indexImage = opts.withIndex ? await createIndexImage(client, opts.name, visibility, opts.signal) : undefined;
+  const indexImage = !opts.withIndex ? undefined
+    : opts.indexImageId ? await queued(client, opts.indexImageId)
+      : await createIndexImage(client, opts.name, visibility, opts.signal);
+  const indexOwned = indexImage !== undefined && !opts.indexImageId;
   const discard = async (id: string) => {
     if (opts.keepFailed) { opts.log?.warn({ image: id }, 'keeping the failed image (--keep-failed)'); return; }
     await client.deleteImage(id).catch((e: Error) => {
@@ -94,7 +102,7 @@ async function attemptOnce<M extends SentDigests>(client: GlanceClient, opts: Pu
       leftBehind.add(id);
     });
   };
-  const image = opts.imageId ? await client.getImage(opts.imageId) : await client.createImage({
+  const image = opts.imageId ? await queued(client, opts.imageId) : await client.createImage({
     name: opts.name,
     disk_format: opts.diskFormat,
     container_format: 'bare',
@@ -103,14 +111,13 @@ async function attemptOnce<M extends SentDigests>(client: GlanceClient, opts: Pu
     ...(indexImage ? { [PROP.index]: indexImage.id } : {}),
     ...opts.properties,
   }, opts.signal).catch(async (err: unknown) => {
-    if (indexImage) await discard(indexImage.id);
+    if (indexOwned) await discard(indexImage.id);
     throw err;
   });
   if (owned) opts.log?.info({ image: image.id, name: opts.name }, 'glance image created');
-  else if (image.status !== 'queued') throw new GlanceError(`image ${image.id} is ${image.status}, not queued: it cannot take the upload`);
   // An image created for us (the conductor plugin, in-band hand-over) gets the same properties
   // as one we create.
-  if (!owned) await client.setProperties(image, opts.properties, opts.signal);
+  if (!owned) await client.setProperties(image, { ...opts.properties, ...(indexImage ? { [PROP.index]: indexImage.id } : {}) }, opts.signal);
   try {
     const { manifest, indexBytes } = await produce(new GlanceSink(client, image.id));
     const stored = await client.getImage(image.id);
@@ -122,11 +129,18 @@ async function attemptOnce<M extends SentDigests>(client: GlanceClient, opts: Pu
     opts.log?.info({ image: image.id, index: indexImage.id }, 'cluster index stored');
     return { image: indexed, manifest };
   } catch (err) {
-    // An image created for us (imageId) is not ours to delete.
+    // An image created for us (imageId, indexImageId) is not ours to delete.
     if (owned) await discard(image.id);
-    if (indexImage) await discard(indexImage.id);
+    if (indexOwned) await discard(indexImage.id);
     throw err;
   }
+}
+
+/** An image created for us to upload into: it must still be queued. */
+async function queued(client: GlanceClient, id: string): Promise<GlanceImage> {
+  const image = await client.getImage(id);
+  if (image.status !== 'queued') throw new GlanceError(`image ${id} is ${image.status}, not queued: it cannot take the upload`);
+  return image;
 }
 
 function verify(img: GlanceImage, m: SentDigests): void {

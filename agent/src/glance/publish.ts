@@ -33,14 +33,21 @@ export interface PublishOptions {
    * conductor plugin) owns it, verifies it and deletes it on failure; no retries here.
    */
   imageId?: string;
+  /** With imageId: the queued, hidden image its creator made for the cluster index. */
+  indexImageId?: string;
   /** The used-block map, if the caller built it (live capture adds its volumes to it). */
   map?: DiskMap;
   /**
-   * qcow2: store the image's cluster index beside it (a hidden companion image, docs/incremental.md);
-   * with parentImageId, upload a delta against that image (which must carry an index); orFull:
-   * if it has no usable index, a full image (with its index) instead of a refusal.
+   * Store the image's cluster index beside it (a hidden companion image, docs/incremental.md).
+   * Default: for every qcow2 image bmsnap creates, and with indexImageId.
    */
-  incremental?: { parentImageId?: string; orFull?: boolean };
+  index?: boolean;
+  /**
+   * Upload a delta against Glance image IMAGEID (which must carry an index); orFull: if it has no
+   * usable index, a full image (with its index) instead of a refusal. protect (default true):
+   * protect the parent from deletion afterwards (false: the image's creator does that).
+   */
+  parent?: { imageId: string; orFull?: boolean; protect?: boolean };
   progress?: Progress;
   signal?: AbortSignal;
   log?: Logger;
@@ -55,14 +62,14 @@ export interface PublishResult {
 const GiB = 2 ** 30;
 
 export async function publishToGlance(source: Source, client: GlanceClient, opts: PublishOptions): Promise<PublishResult> {
+  const withIndex = indexWanted(opts);
   const map = opts.map ?? await buildDiskMap(source, source.sectorSize);
   if (!opts.map) for (const w of map.warnings) opts.log?.warn(w);
-  if (opts.incremental && (opts.imageId || opts.format !== 'qcow2')) throw new UsageError('a cluster index and deltas need a qcow2 image that bmsnap creates');
-  const parentId = opts.incremental?.parentImageId;
+  const parentId = opts.parent?.imageId;
   let fellBack: string | undefined;
   const parent = parentId ? await loadParentIndex(client, parentId, opts.signal).catch((err: unknown) => {
     // a parent without a usable index: a full image instead, only when the user asked for that
-    if (!(err instanceof ClusterIndexError) || !opts.incremental?.orFull) throw err;
+    if (!(err instanceof ClusterIndexError) || !opts.parent?.orFull) throw err;
     fellBack = `${err.message}; a full image was taken instead (--or-full)`;
     opts.log?.warn(fellBack);
     return undefined;
@@ -71,7 +78,7 @@ export async function publishToGlance(source: Source, client: GlanceClient, opts
     name: opts.name,
     diskFormat: opts.format,
     minDisk: Math.ceil(map.size / GiB),
-    withIndex: opts.incremental !== undefined,
+    withIndex,
     properties: {
       ...provenance(source, map, opts),
       ...(parent ? { [PROP.parent]: parent.image.id, [PROP.parentIndexSha256]: parent.sha256 } : {}),
@@ -79,6 +86,7 @@ export async function publishToGlance(source: Source, client: GlanceClient, opts
     },
     ...(opts.visibility ? { visibility: opts.visibility } : {}),
     ...(opts.imageId ? { imageId: opts.imageId } : {}),
+    ...(opts.indexImageId ? { indexImageId: opts.indexImageId } : {}),
     ...(opts.retries !== undefined ? { retries: opts.retries } : {}),
     ...(opts.keepFailed ? { keepFailed: true } : {}),
     ...(opts.signal ? { signal: opts.signal } : {}),
@@ -87,7 +95,7 @@ export async function publishToGlance(source: Source, client: GlanceClient, opts
     let indexBytes: Buffer | undefined;
     const manifest = await imageDisk(source, sink, {
       format: opts.format, codec: opts.codec, map,
-      ...(opts.incremental ? { index: { onIndex: (b: Buffer) => { indexBytes = b; }, ...(parent ? { parent } : {}) } } : {}),
+      ...(withIndex ? { index: { onIndex: (b: Buffer) => { indexBytes = b; }, ...(parent ? { parent } : {}) } } : {}),
       ...(opts.level !== undefined ? { level: opts.level } : {}),
       ...(opts.workers !== undefined ? { workers: opts.workers } : {}),
       ...(opts.frameCacheBytes !== undefined ? { frameCacheBytes: opts.frameCacheBytes } : {}),
@@ -98,12 +106,22 @@ export async function publishToGlance(source: Source, client: GlanceClient, opts
     return { manifest, ...(indexBytes ? { indexBytes } : {}) };
   });
   if (fellBack) result.manifest.warnings.push(fellBack);
-  if (parent) {
+  if (parent && opts.parent?.protect !== false) {
     // a delta needs its parent: keep the parent from deletion (or say clearly that we could not)
     const warning = await protectParent(client, parent.image.id, result.image.id, opts.log, opts.signal);
     if (warning) result.manifest.warnings.push(warning);
   }
   return result;
+}
+
+/** Whether to store a cluster index: by default for every qcow2 image bmsnap creates or is given an index image for. */
+function indexWanted(opts: PublishOptions): boolean {
+  const canIndex = opts.format === 'qcow2' && (!opts.imageId || opts.indexImageId !== undefined);
+  const want = opts.index ?? (canIndex || opts.parent !== undefined);
+  if (!want) return false;
+  if (opts.format !== 'qcow2') throw new UsageError('a cluster index and deltas need the qcow2 format');
+  if (!canIndex) throw new UsageError('a cluster index and deltas into an image created beforehand need its index image too');
+  return true;
 }
 
 function provenance(source: Source, map: DiskMap, opts: PublishOptions): Record<string, string> {

@@ -32,7 +32,7 @@ export async function loadParentIndex(client: GlanceClient, parentId: string, si
   const indexId = image[PROP.index];
   const want = image[PROP.indexSha256];
   if (typeof indexId !== 'string' || typeof want !== 'string') {
-    throw new ClusterIndexError(`${role} ${parentId} has no bmsnap cluster index (${PROP.index} / ${PROP.indexSha256} unset): take it with --with-index, or take a full snapshot`);
+    throw new ClusterIndexError(`${role} ${parentId} has no bmsnap cluster index (${PROP.index} / ${PROP.indexSha256} unset): it was taken without one (--no-index, raw, or an older bmsnap): take a full snapshot first`);
   }
   if (image.status !== 'active') throw new ClusterIndexError(`${role} ${parentId} is ${image.status}, not active`);
   const bytes = await client.download(indexId, MAX_INDEX_BYTES, signal).catch((err: { status?: number }) => {
