@@ -29,6 +29,7 @@ from ironic.drivers import utils as driver_utils
 from oslo_log import log
 
 from bmsnap_ironic import args as step_args
+from bmsnap_ironic import incremental
 from bmsnap_ironic import safe_agent_client
 from bmsnap_ironic.glance import GlanceImages
 
@@ -71,6 +72,35 @@ def _agent_commands(task):
                     "(%(kind)s); waiting for its next heartbeat or the service timeout",
                     {"node": node.uuid, "kind": type(e).__name__})
         return None
+
+
+def _usable_parent(images, args, owner):
+    """((parent id, its index image id) or None, or_full's warning or None) for ARGS."""
+    if not args.get("parent"):
+        return None, None
+    try:
+        return incremental.check_parent(images, args["parent"], owner), None
+    except incremental.NoUsableIndex as e:
+        if not args.get("or_full"):
+            raise
+        LOG.warning("%s; a full image is taken instead (or_full)", e)
+        return None, "%s; a full image was taken instead (or_full)" % e
+
+
+def _delta_record(info, sent):
+    """What the node records of a verified delta (the agent's delta stats), its parent protected."""
+    out = {}
+    parent = sent.get("parent_image_id")
+    if parent and parent == info.get("parent_image_id"):
+        out["delta"] = sent.get("delta")
+        warning = incremental.protect_parent(GlanceImages(), parent, info["image_id"])
+        if warning:
+            out["warnings"] = (info.get("warnings") or []) + [warning]
+    elif info.get("parent_image_id"):
+        # the agent fell back to a full image (or_full: the parent's index was damaged)
+        out["parent_image_id"] = None
+        out["warnings"] = (info.get("warnings") or []) + list(sent.get("warnings") or [])
+    return out
 
 
 class BmsnapDeploy(agent.AgentDeploy):
@@ -116,13 +146,33 @@ class BmsnapDeploy(agent.AgentDeploy):
             node.name or node.uuid, datetime.datetime.utcnow().strftime("%Y%m%dT%H%M%SZ"))
         props = {"bmsnap_node_uuid": node.uuid}
         props.update(args["properties"])
-        image = images.create(name, args["disk_format"], args["visibility"],
-                              node.lessee or node.owner, props)
-        info = {"image_id": image["id"], "image_name": name, "state": "uploading"}
+        owner = node.lessee or node.owner
+        # the parent first: a refusal is one line, before anything exists
+        parent, fallback = _usable_parent(images, args, owner)
+        info = {"image_name": name, "state": "uploading"}
+        if args["with_index"]:
+            index = incremental.create_index_image(images, name, args["visibility"], owner)
+            info["index_image_id"] = index["id"]
+            props[incremental.INDEX] = index["id"]
+        try:
+            image = images.create(name, args["disk_format"], args["visibility"], owner, props)
+        except Exception:
+            if info.get("index_image_id"):
+                try:
+                    images.delete(info["index_image_id"])
+                except Exception as e:
+                    LOG.error("Could not delete index image %s of node %s: %s",
+                              info["index_image_id"], node.uuid, e)
+            raise
+        info["image_id"] = image["id"]
+        if parent:
+            info["parent_image_id"] = parent[0]
+        if fallback:
+            info["warnings"] = [fallback]
         node.set_driver_internal_info(INFO, info)
         node.save()
         try:
-            token, cred_id = images.upload_credential(image["id"])
+            token, cred_id = images.upload_credential(image["id"], info.get("index_image_id"), parent)
         except Exception:
             self._drop_image(task, "no upload credential")
             raise
@@ -138,8 +188,9 @@ class BmsnapDeploy(agent.AgentDeploy):
             "ports": [p.as_dict() for p in task.ports],
             "service_version": node.driver_internal_info.get("hardware_manager_version"),
             # Only here: in the body of this one request to the agent.
-            "bmsnap": {"glance_url": images.agent_endpoint, "token": token,
-                       "image_id": image["id"]},
+            "bmsnap": dict({"glance_url": images.agent_endpoint, "token": token,
+                            "image_id": image["id"]},
+                           **{k: info[k] for k in ("index_image_id", "parent_image_id") if k in info}),
         }
         try:
             safe_agent_client.install(task)._command(
@@ -179,15 +230,17 @@ class BmsnapDeploy(agent.AgentDeploy):
             return
         elif status == "SUCCEEDED" and info.get("state") == "uploading":
             sent = result.get("service_result") or {}
-            self._verify(task, info["image_id"], sent)
+            self._verify(task, info["image_id"], sent, info.get("index_image_id"))
             info.update({"state": "active", "size": sent.get("size"),
                          "os_hash_value": sent.get("os_hash_value"), "progress": None})
+            info.update(_delta_record(info, sent))
             _revoke_upload_credential(info)
         node.set_driver_internal_info(INFO, info)
         node.save()
 
-    def _verify(self, task, image_id, sent):
-        img = GlanceImages().get(image_id)
+    def _verify(self, task, image_id, sent, index_id=None):
+        images = GlanceImages()
+        img = images.get(image_id)
         problems = []
         if img.get("status") != "active":
             problems.append("status %s" % img.get("status"))
@@ -197,6 +250,8 @@ class BmsnapDeploy(agent.AgentDeploy):
             problems.append("md5 differs")
         if img.get("os_hash_value") != sent.get("os_hash_value"):
             problems.append("sha512 differs")
+        if index_id and not problems:
+            problems += incremental.verify_index(images, image_id, index_id, sent)
         if problems:
             self._drop_image(task, "verification failed")
             raise exception.NodeServicingFailure(
@@ -205,6 +260,7 @@ class BmsnapDeploy(agent.AgentDeploy):
                 % (image_id, "; ".join(problems)))
 
     def _drop_image(self, task, why, retry=False):
+        """Deletes the snapshot image and its index image (if any)."""
         node = task.node
         info = dict(node.driver_internal_info.get(INFO) or {})
         image_id = info.get("image_id")
@@ -214,7 +270,9 @@ class BmsnapDeploy(agent.AgentDeploy):
         if not image_id or info.get("state") in ("deleted", "active"):
             return
         try:
-            GlanceImages().delete(image_id)
+            images = GlanceImages()
+            for victim in filter(None, (image_id, info.get("index_image_id"))):
+                images.delete(victim)   # a 404 (gone already, e.g. on a retry) is fine
             info["state"] = "deleted"
             LOG.info("Deleted snapshot image %s of node %s: %s", image_id, node.uuid, why)
         except Exception as e:

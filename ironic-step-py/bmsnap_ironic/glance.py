@@ -7,6 +7,7 @@ and upload this one image and nothing else, and which is deleted when the snapsh
 """
 
 import datetime
+import hashlib
 
 from ironic.common import exception
 from ironic.common import keystone
@@ -37,6 +38,19 @@ class SnapshotImageError(exception.IronicException):
     _msg_fmt = "%(msg)s"
 
 
+def _access_rules(image_id, index_image_id, parent):
+    """(method, path) pairs the agent's credential needs: its images, and reading the parent."""
+    rules = []
+    for own in filter(None, (image_id, index_image_id)):
+        path = "/v2/images/%s" % own
+        rules += [("GET", path), ("PATCH", path), ("PUT", path + "/file")]
+    if parent:
+        parent_id, parent_index_id = parent
+        rules += [("GET", "/v2/images/%s" % parent_id), ("GET", "/v2/images/%s" % parent_index_id),
+                  ("GET", "/v2/images/%s/file" % parent_index_id)]
+    return rules
+
+
 class GlanceImages(object):
     def __init__(self):
         self._auth = keystone.get_auth("glance")
@@ -55,12 +69,23 @@ class GlanceImages(object):
         url = self._session.get_endpoint(auth=self._auth, interface=ks_plugin.AUTH_INTERFACE).rstrip("/")
         return url if url.endswith("/v3") else url + "/v3"
 
-    def upload_credential(self, image_id):
+    def upload_credential(self, image_id, index_image_id=None, parent=None):
         """(token, application credential id) for the agent to upload IMAGE_ID with.
 
+        With INDEX_IMAGE_ID the agent also uploads the cluster index into that image; with PARENT,
+        (parent id, its index image id), it reads the parent and downloads the parent's index.
         (None, None) when Glance runs without auth; (conductor token, None) when the operator
         chose conductor_token.
         """
+        return self.access_credential(
+            "bmsnap-upload-%s" % image_id,
+            "bmsnap snapshot upload of image %s (deleted when it ends)" % image_id,
+            _access_rules(image_id, index_image_id, parent),
+            "creating the upload credential for image %s" % image_id)
+
+    def access_credential(self, name, description, rules, what):
+        """(token, application credential id) of a credential limited to RULES, (method, path)
+        pairs on the image service; see upload_credential for the (None, ...) cases."""
         try:
             user_id = self._session.get_user_id(auth=self._auth)
         except Exception:  # noauth plugins have no user and no token
@@ -69,17 +94,14 @@ class GlanceImages(object):
             return None, None
         if CONF.bmsnap.upload_credential == "conductor_token":
             return self._session.get_token(self._auth), None
-        path = "/v2/images/%s" % image_id
         expires = (datetime.datetime.now(datetime.timezone.utc)
                    + datetime.timedelta(hours=CONF.bmsnap.upload_credential_hours))
         body = {"application_credential": {
-            "name": "bmsnap-upload-%s" % image_id,
-            "description": "bmsnap snapshot upload of image %s (deleted when it ends)" % image_id,
+            "name": name,
+            "description": description,
             "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%S"),
-            "access_rules": [{"service": "image", "method": m, "path": p} for m, p in
-                             (("GET", path), ("PATCH", path), ("PUT", path + "/file"))],
+            "access_rules": [{"service": "image", "method": m, "path": p} for m, p in rules],
         }}
-        what = "creating the upload credential for image %s" % image_id
         try:
             resp = self._session.post("%s/users/%s/application_credentials" % (self._identity(), user_id),
                                       json=body, auth=self._auth, raise_exc=False)
@@ -135,6 +157,37 @@ class GlanceImages(object):
 
     def get(self, image_id):
         return self._call("GET", "/v2/images/%s" % image_id, "reading image %s" % image_id).json()
+
+    def find(self, image_id):
+        """The image, or None when Glance says it does not exist (404)."""
+        resp = self._request("GET", "/v2/images/%s" % image_id, "reading image %s" % image_id)
+        if resp.status_code == 404:
+            return None
+        if resp.status_code >= 400:
+            raise SnapshotImageError(msg="reading image %s: Glance answered %s"
+                                     % (image_id, resp.status_code))
+        return resp.json()
+
+    def set_properties(self, image, props):
+        """JSON-patches IMAGE (a dict from get()): replace what exists, add the rest."""
+        ops = [{"op": "replace" if k in image else "add", "path": "/" + k, "value": v}
+               for k, v in props.items()]
+        return self._call("PATCH", "/v2/images/%s" % image["id"], "setting the properties of "
+                          "image %s" % image["id"], json=ops,
+                          headers={"Content-Type": "application/openstack-images-v2.1-json-patch"}).json()
+
+    def sha256(self, image_id, max_bytes):
+        """SHA-256 of the image data (a small image: a cluster index), None past MAX_BYTES."""
+        resp = self._call("GET", "/v2/images/%s/file" % image_id, "downloading image %s" % image_id,
+                          stream=True)
+        digest, size = hashlib.sha256(), 0
+        for chunk in resp.iter_content(1 << 20):
+            size += len(chunk)
+            if size > max_bytes:
+                resp.close()
+                return None
+            digest.update(chunk)
+        return digest.hexdigest()
 
     def delete(self, image_id):
         resp = self._request("DELETE", "/v2/images/%s" % image_id, "deleting image %s" % image_id)

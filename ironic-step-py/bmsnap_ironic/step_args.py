@@ -13,6 +13,7 @@ ROOT_HINTS = ("name", "size", "serial", "wwn", "model", "vendor", "rotational", 
 _PROP_KEY = re.compile(r"^[A-Za-z0-9_:.-]{1,255}$")
 # Operation names are checked by the agent, which knows them; here only the shape.
 _SCRUB_LIST = re.compile(r"^[a-z-]+(,[a-z-]+)*$")
+_IMAGE_ID = re.compile(r"^[0-9a-fA-F-]{32,36}$")
 # Glance core fields and ours: not settable through ``properties``.
 _RESERVED = {"id", "name", "status", "owner", "visibility", "disk_format", "container_format",
              "size", "checksum", "os_hash_algo", "os_hash_value", "min_disk", "min_ram",
@@ -35,6 +36,13 @@ ARGSINFO = {
                              "(default, ..., ssh-userdir)", "required": False},
     "scrub_paths": {"description": "With scrub: extra paths to remove from the image's Linux root "
                                    "filesystems (a list of absolute paths)", "required": False},
+    "parent": {"description": "Glance image id of an earlier bmsnap snapshot of this disk (with "
+                              "its cluster index): upload only the clusters changed since, as a "
+                              "delta on it (docs/incremental.md)", "required": False},
+    "or_full": {"description": "With parent: if the parent has no usable index, take a full "
+                               "image instead of failing (default false)", "required": False},
+    "with_index": {"description": "Store the cluster index beside a qcow2 image (a hidden image), "
+                                  "for later deltas (default true)", "required": False},
 }
 
 
@@ -95,4 +103,30 @@ def check(args):
                                                    for p in paths)):
             _bad("scrub_paths must be a list of absolute paths (no '..', not '/')")
         out["scrub_paths"] = paths
+    _check_incremental(args, out)
     return out
+
+
+def _check_incremental(args, out):
+    """parent / or_full / with_index: the index defaults to on for qcow2; a delta needs it."""
+    qcow2 = out["disk_format"] == "qcow2"
+    for key in ("or_full", "with_index"):
+        if args.get(key) is not None and not isinstance(args[key], bool):
+            _bad("%s must be true or false" % key)
+    with_index = args.get("with_index")
+    if with_index and not qcow2:
+        _bad("with_index needs disk_format qcow2")
+    out["with_index"] = qcow2 if with_index is None else with_index
+    parent = args.get("parent")
+    if parent is None:
+        if args.get("or_full") is not None:
+            _bad("or_full goes with parent")
+        return
+    if not isinstance(parent, str) or not _IMAGE_ID.match(parent):
+        _bad("parent must be a Glance image id")
+    if not qcow2:
+        _bad("parent needs disk_format qcow2")
+    if with_index is False:
+        _bad("parent needs with_index (a delta stores its own index)")
+    out["parent"] = parent
+    out["or_full"] = bool(args.get("or_full"))

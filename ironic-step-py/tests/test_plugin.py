@@ -22,7 +22,8 @@ from bmsnap_ironic import safe_agent_client
 class ArgsTest(unittest.TestCase):
     def test_defaults(self):
         self.assertEqual(step_args.validate({}), {"visibility": "private", "disk_format": "qcow2",
-                                                  "compression": "zstd", "properties": {}})
+                                                  "compression": "zstd", "properties": {},
+                                                  "with_index": True})
 
     def test_all(self):
         out = step_args.validate({"image_name": "x", "visibility": "shared", "disk_format": "raw",

@@ -12,7 +12,9 @@
 //     enforces image owners; the conductor's [glance] logs in as a service user, finds Glance in
 //     the catalog and hands the agent a token only in the snapshot command's parameters.
 // Cases: success on the GPT test disk (image verified byte for byte after conversion), image owner
-// = the node's lessee else its owner, the agent killed mid-copy, `baremetal node abort` during
+// = the node's lessee else its owner, a delta (step arg parent) on the first image after a few
+// files changed, a parent without an index (refused in one line; or_full: a full image), the agent
+// killed mid-copy, `baremetal node abort` during
 // service wait, Glance killed during the upload (and back), Glance down before the step; finally
 // no token or password in node fields or any log.
 // Needs root (chroot, mount namespaces, loop devices for the test disk). BMSNAP_KEEP_STACK=1
@@ -22,7 +24,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildDisk, run, type TestDisk } from '../lib/disks.js';
+import { attachLoop, buildDisk, loopPartition, run, withMount, type TestDisk } from '../lib/disks.js';
 import { comparePartitionTables, convertToRaw, digestAll, hashFile, qemuImgCheck, qemuImgInfo, sha256File } from '../lib/verify.js';
 import { pickPortIn } from '../lib/ports.js';
 import { FakeBootWatcher, IronicStack, secs, snapshotSteps, waitFor } from '../lib/ironic-stack.js';
@@ -91,6 +93,9 @@ async function bigDisk(): Promise<string> {
 // ------------------------------------------------------------------------------------------------
 // 1. Success on the GPT test disk.
 
+/** The image of case 1 (a full snapshot with its index): the parent of the incremental case. */
+let fullImage: any;
+
 if (stackUp) await t.test('snapshot of the GPT disk into Glance', async (t) => {
   const t0 = Date.now();
   const disk = await buildDisk('gpt', work);
@@ -123,6 +128,14 @@ if (stackUp) await t.test('snapshot of the GPT disk into Glance', async (t) => {
   t.match(img.bmsnap_filesystems, /ext4/, 'provenance: filesystems');
   t.equal(img.size, info.size, 'Glance size = what the agent reported');
   t.equal(img.os_hash_value, info.os_hash_value, 'Glance sha512 = what the agent reported');
+  // the cluster index, by default, in a hidden image the conductor created beside it
+  t.match(info.index_image_id, /^[0-9a-f-]{36}$/, 'bmsnap_snapshot.index_image_id');
+  t.equal(img.bmsnap_index_image, info.index_image_id, 'the image names its index image');
+  t.match(img.bmsnap_index_sha256, /^[0-9a-f]{64}$/, '... and records its SHA-256');
+  const idx: any = await (await stack.glanceFetch(`/v2/images/${info.index_image_id}`)).json();
+  t.match(idx, { status: 'active', os_hidden: true, name: 'e2e-snap.bmsnap-index', bmsnap_index_of: img.id, owner: img.owner, visibility: img.visibility },
+    'the index image: active, hidden, describes the image, same owner and visibility');
+  fullImage = img;
   t.equal(info.upload_credential, undefined, 'the upload credential is gone from the node');
   t.same(await uploadCredentials(), [], 'and from Keystone (deleted once the image was verified)');
   // Glance enforces access rules (service_type = image): a credential like the agent's reads
@@ -235,6 +248,111 @@ if (stackUp) await t.test("image owner: the node's lessee, else its owner (Glanc
 });
 
 // ------------------------------------------------------------------------------------------------
+// 3. Incremental: a delta on case 1's image after a few files changed; parents without an index.
+
+/** Every image called NAME, hidden ones (index images) too. */
+async function imagesNamed(name: string): Promise<any[]> {
+  const hidden = (await (await stack.glanceFetch(`/v2/images?name=${encodeURIComponent(name)}&os_hidden=true`)).json() as any).images;
+  return [...await stack.glanceImages(name), ...hidden];
+}
+
+if (stackUp) await t.test('incremental: snapshot step with parent', async (t) => {
+  const t0 = Date.now();
+  if (!fullImage) { t.fail('case 1 made no image to take a delta on'); return; }
+  const disk = disks[0]!;
+  // a few files on the root ext4 change, as between two evenings
+  const part = disk.partitions.find((p) => p.fs === 'ext4')!.index;
+  const loop = await attachLoop(disk.path, { partscan: true });
+  try {
+    await withMount(await loopPartition(loop, part), 'rw', async (dir) => {
+      for (let i = 0; i < 4; i++) await writeFile(join(dir, `evening-${i}.bin`), randomBytes(192 * 1024));
+    });
+  } finally { await loop.detach(); }
+
+  const uuid = await stack.activeNode('e2e-delta');
+  const nBoots = harness.boots.length;
+  await stack.baremetal(['node', 'service', uuid, '--service-steps', snapshotSteps('e2e-delta', disk.path, { parent: fullImage.id })]);
+  await harness.waitBoot(uuid, nBoots);
+  const n = await stack.waitState(uuid, ['active', 'service failed'], 300);
+  t.equal(n.provision_state, 'active', 'node back to active', { last_error: n.last_error });
+  t.equal(n.last_error, null, 'no last_error');
+  const info = n.driver_internal_info.bmsnap_snapshot;
+  t.match(info, { image_id: String, index_image_id: String, parent_image_id: fullImage.id, state: 'active', delta: { changed_clusters: Number } },
+    'bmsnap_snapshot records the parent and the delta stats');
+  t.comment(`delta: ${JSON.stringify(info.delta)}`);
+  const img: any = await (await stack.glanceFetch(`/v2/images/${info.image_id}`)).json();
+  t.equal(img.status, 'active', 'the delta image is active');
+  t.equal(img.bmsnap_parent_image, fullImage.id, 'bmsnap_parent_image: the parent');
+  t.equal(img.bmsnap_parent_index_sha256, fullImage.bmsnap_index_sha256, "bmsnap_parent_index_sha256: the parent's index");
+  t.equal(img.size, info.size, 'Glance size = what the agent reported');
+  t.ok(img.size < fullImage.size / 4, `delta ${img.size} bytes < a quarter of the full ${fullImage.size}`);
+  const idx: any = await (await stack.glanceFetch(`/v2/images/${info.index_image_id}`)).json();
+  t.match(idx, { status: 'active', os_hidden: true, bmsnap_index_of: img.id }, 'its own index image: active, hidden');
+  const parent: any = await (await stack.glanceFetch(`/v2/images/${fullImage.id}`)).json();
+  t.equal(parent.protected, true, 'the parent is protected from deletion');
+  t.match(parent.bmsnap_protected, /parent of bmsnap deltas/, '... and says why');
+  t.same(await uploadCredentials(), [], 'the upload credential is deleted');
+
+  // parent + delta = the changed disk, file by file
+  const base = join(work, 'delta-base.qcow2');
+  const top = join(work, 'delta-top.qcow2');
+  for (const [id, path] of [[fullImage.id, base], [img.id, top]] as const) {
+    await writeFile(path, Buffer.from(await (await stack.glanceFetch(`/v2/images/${id}/file`)).arrayBuffer()));
+  }
+  t.ok((await qemuImgCheck(top)).clean, 'qemu-img check: the delta is clean');
+  await run('qemu-img', ['rebase', '-u', '-b', base, '-F', 'qcow2', top]);
+  const back = join(work, 'delta.raw');
+  await convertToRaw(top, back);
+  const [src, out] = [await digestAll(disk.path), await digestAll(back)];
+  for (const [i, d] of src) t.equal(out.get(i)?.digest, d.digest, `partition ${i} (${d.fs}): parent + delta = the changed disk`);
+  for (const f of [base, top, back]) await rm(f, { force: true });
+  t.comment(`delta case: ${secs(t0)} s`);
+});
+
+if (stackUp) await t.test('incremental: a parent without an index', async (t) => {
+  const t0 = Date.now();
+  // an image bmsnap did not take (no bmsnap_index_image): a plain upload
+  const made = await stack.glanceFetch('/v2/images', { method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ name: 'e2e-noindex-parent', disk_format: 'qcow2', container_format: 'bare' }) });
+  const plain = (await made.json() as any).id as string;
+  const disk = disks[0]!.path;
+  const steps = (name: string, more: Record<string, unknown> = {}) => snapshotSteps(name, disk, { parent: plain, ...more });
+
+  const uuid = await stack.activeNode('e2e-noindex');
+  const nBoots = harness.boots.length;
+  await stack.baremetal(['node', 'service', uuid, '--service-steps', steps('e2e-noindex')]);
+  await harness.waitBoot(uuid, nBoots);
+  const n = await stack.waitState(uuid, ['service failed', 'active'], 120);
+  t.comment(`last_error: ${n.last_error}`);
+  t.equal(n.provision_state, 'service failed', 'service failed');
+  t.notOk(String(n.last_error).includes('\n'), 'last_error is one line');
+  t.match(n.last_error, new RegExp(`: parent image ${plain} has no bmsnap cluster index \\(bmsnap_index_image / bmsnap_index_sha256 unset\\): .*take a full snapshot first$`),
+    'last_error says the parent has no index', { last_error: n.last_error });
+  t.equal(n.driver_internal_info.bmsnap_snapshot, undefined, 'nothing was created, nothing recorded');
+  t.same(await imagesNamed('e2e-noindex'), [], 'no image left in Glance');
+  t.same(await imagesNamed('e2e-noindex.bmsnap-index'), [], 'no index image either');
+  t.same(await uploadCredentials(), [], 'no upload credential');
+
+  // or_full: a full image (with its own index) instead, saying why
+  const uuid2 = await stack.activeNode('e2e-orfull');
+  const nb2 = harness.boots.length;
+  await stack.baremetal(['node', 'service', uuid2, '--service-steps', steps('e2e-orfull', { or_full: true })]);
+  await harness.waitBoot(uuid2, nb2);
+  const n2 = await stack.waitState(uuid2, ['active', 'service failed'], 300);
+  t.equal(n2.provision_state, 'active', 'or_full: node back to active', { last_error: n2.last_error });
+  const info = n2.driver_internal_info.bmsnap_snapshot;
+  t.match(info.warnings?.[0], /has no bmsnap cluster index.*a full image was taken instead \(or_full\)/, 'bmsnap_snapshot.warnings says why');
+  t.equal(info.parent_image_id, undefined, 'no parent recorded');
+  const img: any = await (await stack.glanceFetch(`/v2/images/${info.image_id}`)).json();
+  t.equal(img.status, 'active', 'a full image, active');
+  t.equal(img.bmsnap_parent_image, undefined, 'not a delta');
+  t.match(img.bmsnap_index_sha256, /^[0-9a-f]{64}$/, 'with its own index');
+  const plainNow: any = await (await stack.glanceFetch(`/v2/images/${plain}`)).json();
+  t.equal(plainNow.protected, false, 'the would-be parent was not protected');
+  t.comment(`no-index case: ${secs(t0)} s`);
+});
+
+// ------------------------------------------------------------------------------------------------
 // Failure cases share a disk that takes a while to copy.
 
 let big = '';
@@ -268,9 +386,10 @@ if (stackUp) await t.test('agent killed mid-copy', async (t) => {
   // what the agent uploads with: a credential for this image only, not the conductor's token
   const during = await uploadCredentials();
   t.same(during.map((c) => c.name), [`bmsnap-upload-${imageId}`], 'during the upload: one application credential, for this image');
+  const indexId = (await (await stack.glanceFetch(`/v2/images/${imageId}`)).json() as any).bmsnap_index_image as string;
   t.same(during[0]?.access_rules.map((r) => `${r.service} ${r.method} ${r.path}`).sort(),
-    [`image GET /v2/images/${imageId}`, `image PATCH /v2/images/${imageId}`, `image PUT /v2/images/${imageId}/file`],
-    'its access rules: read, tag and upload this image, nothing else');
+    [imageId, indexId].flatMap((id) => [`image GET /v2/images/${id}`, `image PATCH /v2/images/${id}`, `image PUT /v2/images/${id}/file`]).sort(),
+    'its access rules: read, tag and upload this image and its index image, nothing else');
   ramdisk.kill('SIGKILL');
   t.pass(`agent killed while image ${imageId} was saving`);
   const n = await stack.waitState(uuid, ['service failed', 'active'], CALLBACK_TIMEOUT + 90);
@@ -280,6 +399,7 @@ if (stackUp) await t.test('agent killed mid-copy', async (t) => {
   t.equal(n.maintenance, true, 'maintenance set by Ironic (failure during a step)');
   t.equal(n.driver_internal_info.bmsnap_snapshot?.state, 'deleted', 'bmsnap_snapshot.state deleted');
   t.same(await stack.glanceImages('e2e-kill'), [], 'no image left in Glance');
+  t.equal((await stack.glanceFetch(`/v2/images/${indexId}`)).status, 404, 'its index image is gone too');
   t.same(await uploadCredentials(), [], 'its upload credential was deleted too');
   t.equal(n.driver_internal_info.bmsnap_snapshot?.upload_credential, undefined, 'and dropped from the node');
   t.equal(await sha256File(big), bigSha, 'source disk unchanged');
@@ -357,7 +477,7 @@ if (stackUp) await t.test('Glance down before the step', async (t) => {
   const n = await stack.waitState(uuid, ['service failed', 'active'], 120);
   t.comment(`last_error: ${n.last_error}`);
   t.equal(n.provision_state, 'service failed', 'service failed');
-  t.match(n.last_error, /failed step \{'interface': 'deploy', 'step': 'snapshot'.*\}: creating image e2e-noglance: cannot connect to Glance at http:\/\/127\.0\.0\.1:\d+ \(ConnectFailure\)$/, 'last_error: one line naming the step and the Glance URL', { last_error: n.last_error });
+  t.match(n.last_error, /failed step \{'interface': 'deploy', 'step': 'snapshot'.*\}: creating image e2e-noglance\.bmsnap-index: cannot connect to Glance at http:\/\/127\.0\.0\.1:\d+ \(ConnectFailure\)$/, 'last_error: one line naming the step and the Glance URL (the index image is created first)', { last_error: n.last_error });
   t.equal(n.maintenance, true, 'maintenance set by Ironic (failure during a step)');
   t.equal(n.driver_internal_info.bmsnap_snapshot, undefined, 'no image was created, nothing recorded');
   t.comment(`glance-down case: ${secs(t0)} s`);

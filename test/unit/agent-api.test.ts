@@ -101,3 +101,23 @@ t.test('execute_service_step with bad args fails the command, and never echoes a
   t.match(r.json(), { command_status: 'FAILED', command_error: { details: /disk_format/ } });
   t.notMatch(r.body, /secret-token-123/);
 });
+
+t.test('the deploy extension: write_image advertised; only the bmsnap deploy interface may run it', async (t) => {
+  const { deployExtension } = await import('../../agent/src/ipa/extensions/deploy.js');
+  const { standbyExtension } = await import('../../agent/src/ipa/extensions/standby.js');
+  const { app } = setup([deployExtension({}), standbyExtension()]);
+  const call = async (name: string, params: Record<string, unknown>) => (await app.inject({
+    method: 'POST', url: `/v1/commands/?wait=true&agent_token=${TOKEN}`, payload: { name, params },
+  })).json();
+  const steps = await call('deploy.get_deploy_steps', { node: {}, ports: [] });
+  t.match(steps, { command_status: 'SUCCEEDED' });
+  const list = Object.values(steps.command_result.deploy_steps)[0] as { step: string; interface: string; priority: number }[];
+  t.same(list.map((s) => `${s.interface}.${s.step}:${s.priority}`), ['deploy.write_image:0'], 'write_image, priority 0 (run only when the conductor asks)');
+  t.ok(Object.values(steps.command_result.hardware_manager_version)[0], 'with the hardware manager version Ironic caches');
+  // stock `direct` deploy hands an image URL to convert: that is ironic-python-agent's job
+  const stock = await call('deploy.execute_deploy_step', { step: { interface: 'deploy', step: 'write_image', args: { image_info: { id: 'x', urls: ['http://127.0.0.1:1/x'] } } }, node: {}, ports: [] });
+  t.match(stock, { command_status: 'FAILED', command_error: { message: /bmsnap images for the bmsnap deploy interface only; deploy other images with ironic-python-agent/ } });
+  const other = await call('deploy.execute_deploy_step', { step: { interface: 'deploy', step: 'erase_devices' }, node: {}, ports: [] });
+  t.match(other, { command_status: 'FAILED', command_error: { message: /unknown deploy step deploy\.erase_devices/ } });
+  t.same((await call('standby.get_partition_uuids', {})).command_result, {}, 'get_partition_uuids: nothing for a whole-disk image');
+});

@@ -14,13 +14,28 @@ const Args = Type.Object({
   glance_token: Type.Optional(Type.String({ minLength: 1 })),
   scrub: Type.Optional(Type.Union([Type.Boolean(), Type.String({ pattern: '^[a-z-]+(,[a-z-]+)*$' })])),
   scrub_paths: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 4096 }), { maxItems: 256 })),
+  parent: Type.Optional(Type.String({ pattern: '^[0-9a-fA-F-]{32,36}$' })),
+  or_full: Type.Optional(Type.Boolean()),
+  with_index: Type.Optional(Type.Boolean()),
 }, { additionalProperties: false });
 
 export type SnapshotArgs = Static<typeof Args>;
 
+/** The combinations typebox cannot say: a delta needs qcow2 and its own index. */
+function combinations(a: SnapshotArgs): string | undefined {
+  if (a.or_full !== undefined && !a.parent) return 'or_full goes with parent';
+  if (a.parent && a.with_index === false) return 'parent needs with_index (a delta stores its own index)';
+  if ((a.parent || a.with_index === true) && a.disk_format === 'raw') return 'parent and with_index need disk_format qcow2';
+  return undefined;
+}
+
 export const z = {
   parse(args: unknown): SnapshotArgs {
-    if (Check(Args, args)) return args;
+    if (Check(Args, args)) {
+      const bad = combinations(args);
+      if (bad) throw new CommandFailure(`invalid snapshot step arguments: ${bad}`, 'InvalidArguments');
+      return args;
+    }
     const first = [...Errors(Args, args)][0];
     // Never echo values: glance_token is one of them.
     const where = first?.instancePath ? `argument ${first.instancePath.replace(/^\//, '').replace(/\//g, '.')}` : 'arguments';

@@ -1,11 +1,13 @@
 // The `snapshot` service step: image the node's root disk straight into Glance.
 // Declared with every argument in argsinfo (the conductor rejects undeclared args).
 import type { Logger } from 'pino';
-import { z } from './argcheck.js';
+import { z, type SnapshotArgs } from './argcheck.js';
 import { CommandFailure, type CommandContext } from '../command-runner.js';
 import { resolveGlance } from '../../glance/auth.js';
-import { GlanceClient } from '../../glance/client.js';
-import { publishToGlance } from '../../glance/publish.js';
+import { GlanceClient, type GlanceImage } from '../../glance/client.js';
+import { publishToGlance, type PublishOptions } from '../../glance/publish.js';
+import type { Manifest } from '../../image-disk.js';
+import { PROP } from '../../incremental/glance-index.js';
 import { openSource } from '../../source/open-source.js';
 import { describeError } from '../../errors.js';
 import { reportingProgress, type Progress } from '../../encoder/progress.js';
@@ -31,11 +33,22 @@ export const SNAPSHOT_STEP = {
     glance_token: { description: 'Token for glance_url (agent-only step; note step args are visible in the node\'s fields)', required: false },
     scrub: { description: 'Remove per-machine state from the IMAGE (the disk is untouched): true for the defaults (ssh-hostkeys, machine-id, cloud-init, logs, shell-history, dhcp-leases, tmp) or a comma list of operations (default, ..., ssh-userdir)', required: false },
     scrub_paths: { description: 'With scrub: extra paths to remove from each Linux root filesystem of the image (a list)', required: false },
+    parent: { description: 'Glance image id of an earlier bmsnap snapshot of this disk (with its cluster index): upload only the clusters that changed since, as a delta on it (docs/incremental.md)', required: false },
+    or_full: { description: 'With parent: if the parent has no usable index, take a full image instead of failing (default false)', required: false },
+    with_index: { description: 'Store the cluster index beside a qcow2 image (a hidden image), for later deltas (default true)', required: false },
   },
 } as const;
 
 /** Credentials the conductor plugin passes in the command parameters, outside the step. */
-export interface PluginCredentials { glance_url: string; token: string; image_id?: string }
+export interface PluginCredentials {
+  glance_url: string;
+  token: string;
+  image_id?: string;
+  /** The hidden image the conductor created for the cluster index (absent: no index). */
+  index_image_id?: string;
+  /** The parent the conductor checked (absent with or_full when the parent had no index). */
+  parent_image_id?: string;
+}
 
 export interface SnapshotDeps { log?: Logger }
 
@@ -82,6 +95,7 @@ export async function runSnapshot(params: Record<string, unknown>, ctx: CommandC
         progress,
         signal: ctx.signal,
         ...(creds?.image_id ? { imageId: creds.image_id } : {}),
+        ...incrementalOptions(a, creds),
         ...(deps.log ? { log: deps.log } : {}),
       });
       return {
@@ -95,6 +109,7 @@ export async function runSnapshot(params: Record<string, unknown>, ctx: CommandC
         os_hash_value: manifest.sha512,
         seconds: Math.round((Date.now() - started) / 100) / 10,
         ...(scrubbed ? { scrubbed: scrubSummary(scrubbed) } : {}),
+        ...incrementalResult(image, manifest),
       };
     } finally {
       await source.close();
@@ -112,6 +127,37 @@ export async function runSnapshot(params: Record<string, unknown>, ctx: CommandC
   } finally {
     await client.close();
   }
+}
+
+/**
+ * The index and parent options of publishToGlance. With the plugin, the conductor created the
+ * index image, checked the parent (passing it only if it has an index) and protects it itself;
+ * the upload credential may not touch it.
+ */
+function incrementalOptions(a: SnapshotArgs, creds?: PluginCredentials): Pick<PublishOptions, 'index' | 'indexImageId' | 'parent'> {
+  if (creds?.image_id) {
+    const parent = creds.parent_image_id;
+    return {
+      index: creds.index_image_id !== undefined,
+      ...(creds.index_image_id ? { indexImageId: creds.index_image_id } : {}),
+      ...(parent ? { parent: { imageId: parent, orFull: a.or_full === true, protect: false } } : {}),
+    };
+  }
+  return {
+    ...(a.with_index !== undefined ? { index: a.with_index } : {}),
+    ...(a.parent ? { parent: { imageId: a.parent, orFull: a.or_full === true } } : {}),
+  };
+}
+
+/** What the step result says about the index and the delta (from the manifest and the image). */
+function incrementalResult(image: GlanceImage, m: Manifest): Record<string, unknown> {
+  return {
+    ...(typeof image[PROP.index] === 'string' ? { index_image_id: image[PROP.index] } : {}),
+    ...(m.clusterIndex ? { index_sha256: m.clusterIndex.sha256 } : {}),
+    ...(typeof image[PROP.parent] === 'string' ? { parent_image_id: image[PROP.parent] } : {}),
+    ...(m.delta ? { delta: { changed_clusters: m.delta.changedClusters, dropped_clusters: m.delta.droppedClusters, unchanged_clusters: m.delta.unchangedClusters } } : {}),
+    ...(m.warnings.length ? { warnings: m.warnings } : {}),
+  };
 }
 
 /** Per partition, how many paths each operation removed or emptied. */
