@@ -19,6 +19,10 @@ export interface NowCommon {
   codec: CodecName;
   properties: Record<string, string>;
   visibility: 'private' | 'shared' | 'community' | 'public';
+  /** Store the cluster index beside the image (default; --no-index: not). */
+  index: boolean;
+  /** --parent IMAGE [--or-full]: a delta on IMAGE (docs/incremental.md). */
+  parent?: { imageId: string; orFull: boolean };
 }
 
 export const NOW_USAGE = `usage: bmsnap now --mode kexec|live --glance NAME [glance options] [options]
@@ -48,6 +52,11 @@ options:
       --cow-device DEV        live: a spare block device (not on the disk imaged) for the
                               copy-on-write store instead of RAM; its content is overwritten
   -q, --quiet                 live: no progress output
+      --parent IMAGE          a delta: upload only the clusters changed since Glance image IMAGE
+                              (an earlier snapshot of this disk, with its index)
+      --or-full               with --parent: a full image if IMAGE has no usable index
+      --no-index              store no cluster index beside the image (by default a hidden
+                              image holds it, for later deltas)
   -h, --help                  this help
 
 glance options (the token is handed over in RAM only, never written to a disk):
@@ -64,6 +73,7 @@ export async function nowCommand(argv: string[], signal: AbortSignal): Promise<v
       'ramdisk-kernel': { type: 'string' }, 'ramdisk-initramfs': { type: 'string' }, 'ramdisk-append': { type: 'string' },
       'return-kernel': { type: 'string' }, 'return-initrd': { type: 'string' }, 'no-return': { type: 'boolean' },
       'cow-device': { type: 'string' }, quiet: { type: 'boolean', short: 'q' },
+      parent: { type: 'string' }, 'or-full': { type: 'boolean' }, 'no-index': { type: 'boolean' },
       ...GLANCE_OPTIONS,
     },
   }));
@@ -77,7 +87,11 @@ export async function nowCommand(argv: string[], signal: AbortSignal): Promise<v
     codec: choice(values.compress ?? 'zstd', ['zstd', 'zlib', 'none'], '--compress') as CodecName,
     properties: keyValues(values.property ?? [], '--property'),
     visibility: choice(values.visibility ?? 'private', ['private', 'shared', 'community', 'public'], '--visibility') as NowCommon['visibility'],
+    index: values['no-index'] !== true,
+    ...(values.parent ? { parent: { imageId: values.parent, orFull: values['or-full'] === true } } : {}),
   };
+  if (values['or-full'] && !values.parent) throw new UsageError('--or-full goes with --parent IMAGE');
+  if (values['no-index'] && values.parent) throw new UsageError('--no-index excludes --parent (a delta stores its index)');
   const misplaced = (flags: string[]) => flags.filter((f) => values[f as keyof typeof values] !== undefined).map((f) => `--${f}`);
   if (mode === 'live') {
     const wrong = misplaced(['ramdisk-kernel', 'ramdisk-initramfs', 'ramdisk-append', 'return-kernel', 'return-initrd', 'no-return']);
@@ -87,7 +101,7 @@ export async function nowCommand(argv: string[], signal: AbortSignal): Promise<v
   }
   const wrong = misplaced(['cow-device', 'quiet']);
   if (wrong.length) throw new UsageError(`${wrong.join(', ')}: live mode only`);
-  const { codec, properties, visibility } = common;
+  const { codec, properties, visibility, parent } = common;
   if (values['no-return'] && (values['return-kernel'] || values['return-initrd'])) throw new UsageError('--no-return and --return-kernel/--return-initrd exclude each other');
 
   // --- can this node do it? (every check before anything is created) ---
@@ -121,11 +135,20 @@ export async function nowCommand(argv: string[], signal: AbortSignal): Promise<v
   const conn = await glanceConnection(values);
   const { GlanceClient } = await import('../glance/client.js');
   const client = new GlanceClient(conn);
+  // A parent without a usable index is refused here, before the node goes down (the ramdisk
+  // loads the index again); --or-full drops it.
+  const usable = parent && await checkParent(client, parent, signal);
+  const { createIndexImage, PROP } = await import('../incremental/glance-index.js');
+  const indexImage = common.index ? await createIndexImage(client, values.glance, visibility, signal) : undefined;
   const image = await client.createImage({
     name: values.glance, disk_format: 'qcow2', container_format: 'bare', visibility, min_disk: Math.ceil(dev.size / GiB),
     bmsnap_version: VERSION, bmsnap_capture_method: 'inband-kexec', bmsnap_captured_at: new Date().toISOString(),
-    bmsnap_source: dev.path, bmsnap_source_size: String(dev.size), bmsnap_compression: codec, ...properties,
-  }, signal);
+    bmsnap_source: dev.path, bmsnap_source_size: String(dev.size), bmsnap_compression: codec,
+    ...(indexImage ? { [PROP.index]: indexImage.id } : {}), ...properties,
+  }, signal).catch(async (err: unknown) => {
+    if (indexImage) await client.deleteImage(indexImage.id).catch(() => say(`warning: could not delete image ${indexImage.id}; remove it yourself`));
+    throw err;
+  });
   process.stdout.write(`${image.id}\n`);
   say(`glance image ${image.id} created (queued); imaging ${dev.path} (${Math.round(dev.size / 2 ** 20)} MiB) from the bmsnap ramdisk`);
   const staged = join(stageDir, `.bmsnap-handover-${process.pid}`);
@@ -133,6 +156,8 @@ export async function nowCommand(argv: string[], signal: AbortSignal): Promise<v
     const hints: Record<string, string> = dev.serial ? { serial: dev.serial } : dev.wwn ? { wwn: dev.wwn } : { name: dev.name };
     const job: import('../inband/oneshot-file.js').OneshotJob = {
       glance: conn, imageId: image.id, disk: { hints, bytes: dev.size }, format: 'qcow2', codec,
+      ...(indexImage ? { indexImageId: indexImage.id } : {}),
+      ...(usable ? { parent: usable } : {}),
       ...(back ? { returnCmdline: back.cmdline } : {}),
     };
     const consoles = (await readFile('/proc/cmdline', 'utf8')).split(/\s+/).filter((w) => /^(console|earlyprintk)=|^quiet$/.test(w));
@@ -152,9 +177,24 @@ export async function nowCommand(argv: string[], signal: AbortSignal): Promise<v
   } catch (err) {
     const { kexecUnload } = await import('../inband/kexec.js');
     await kexecUnload(kexec);
-    await client.deleteImage(image.id).catch(() => say(`warning: could not delete image ${image.id}; remove it yourself`));
+    for (const id of [image.id, ...(indexImage ? [indexImage.id] : [])]) {
+      await client.deleteImage(id).catch(() => say(`warning: could not delete image ${id}; remove it yourself`));
+    }
     throw err;
   } finally {
     await client.close();
+  }
+}
+
+/** PARENT if its index is usable; undefined with --or-full (saying so); else the one-line refusal. */
+async function checkParent(client: import('../glance/client.js').GlanceClient, parent: NonNullable<NowCommon['parent']>, signal: AbortSignal): Promise<NowCommon['parent']> {
+  const [{ loadParentIndex }, { ClusterIndexError }] = await Promise.all([import('../incremental/glance-index.js'), import('../incremental/errors.js')]);
+  try {
+    await loadParentIndex(client, parent.imageId, signal);
+    return parent;
+  } catch (err) {
+    if (!(err instanceof ClusterIndexError) || !parent.orFull) throw err;
+    say(`warning: ${err.message}; a full image is taken instead (--or-full)`);
+    return undefined;
   }
 }

@@ -49,6 +49,7 @@ export async function liveNow(values: GlanceOptionValues & { 'cow-device'?: stri
         for (const w of map.warnings) log.warn(w);
         return publishToGlance(capture.source, client, {
           name: common.name, visibility: common.visibility, format: 'qcow2', codec: common.codec, map, captureMethod: 'inband-live', signal, log,
+          index: common.index, ...(common.parent ? { parent: common.parent } : {}),
           properties: {
             bmsnap_point_in_time: capture.pointInTime.toISOString(),
             bmsnap_freeze_seconds: capture.freezeSeconds.toFixed(3),

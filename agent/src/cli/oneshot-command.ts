@@ -33,6 +33,9 @@ export async function oneshotCommand(argv: string[], signal: AbortSignal): Promi
       const progress = logProgress(log);
       const { manifest } = await publishToGlance(source, client, {
         name: job.imageId, imageId: job.imageId, format: job.format, codec: job.codec, captureMethod: 'inband-kexec', signal, log, progress,
+        index: job.indexImageId !== undefined,
+        ...(job.indexImageId ? { indexImageId: job.indexImageId } : {}),
+        ...(job.parent ? { parent: job.parent } : {}),
       });
       progress.done();
       say(`image ${job.imageId} active: ${manifest.bytesWritten} bytes, sha512 verified, ${((Date.now() - t0) / 1000).toFixed(1)} s`);
@@ -43,7 +46,9 @@ export async function oneshotCommand(argv: string[], signal: AbortSignal): Promi
   } catch (err) {
     const why = describeError(err);
     say(`FAILED: ${why}`);
-    await client.deleteImage(job.imageId).then(() => say(`deleted image ${job.imageId}`), () => say(`could not delete image ${job.imageId}`));
+    for (const id of [job.imageId, ...(job.indexImageId ? [job.indexImageId] : [])]) {
+      await client.deleteImage(id).then(() => say(`deleted image ${id}`), () => say(`could not delete image ${id}`));
+    }
     result = `failed:${resultWord(why)}`;
   } finally {
     await client.close();

@@ -19,6 +19,10 @@ export interface OneshotJob {
   disk: { hints: RootDeviceHints; bytes: number };
   format: 'qcow2' | 'raw';
   codec: 'zstd' | 'zlib' | 'none';
+  /** The hidden image created beside imageId for its cluster index (absent: no index). */
+  indexImageId?: string;
+  /** A delta on this Glance image (checked before the kexec). */
+  parent?: { imageId: string; orFull: boolean };
   /** The user's kernel command line for the way back; absent: reboot instead. */
   returnCmdline?: string;
 }
