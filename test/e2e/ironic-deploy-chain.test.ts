@@ -100,24 +100,6 @@ if (stackUp) await t.test('a bootable disk, its full snapshot, a change, a delta
   t.ok(md.bytesWritten < 0.2 * JSON.parse(full.stdout).bytesWritten, `the delta (${md.bytesWritten} bytes) is a fraction of the full image (${JSON.parse(full.stdout).bytesWritten})`);
 });
 
-/** A node for a deploy (the image in instance_info, the disk in root_device), made available. */
-async function availableNode(name: string, imageId: string, disk: string): Promise<string> {
-  // everything at create: trixie's 29.0.5 breaks nodes on any PATCH (test/stack/README.md)
-  const res = await fetch(`${stack.ironic}/v1/nodes`, {
-    method: 'POST', headers: { 'content-type': 'application/json', 'X-OpenStack-Ironic-API-Version': '1.95' },
-    body: JSON.stringify({ name, driver: 'bmsnap-fake-hardware', deploy_interface: 'bmsnap', boot_interface: 'bmsnap-fake', management_interface: 'noop',
-      properties: { root_device: { name: disk } }, instance_info: { image_source: imageId },
-      // sync + power off instead of an in-band power off (the fake power interface never sees
-      // it); noop management takes the final "boot from disk" (fake management knows only PXE)
-      driver_info: { deploy_forces_oob_reboot: true } }),
-  });
-  if (res.status !== 201) throw new Error(`node create: ${res.status} ${await res.text()}`);
-  const uuid = ((await res.json()) as { uuid: string }).uuid;
-  await stack.baremetal(['node', 'manage', name, '--wait', '60']);
-  await stack.baremetal(['node', 'provide', name, '--wait', '60']);
-  return uuid;
-}
-
 /** A 1 GiB target disk (larger than the source), its first 600 MiB stale bytes, on a loop device. */
 async function staleTarget(name: string): Promise<{ file: string; dev: string }> {
   const file = at(name);
@@ -137,7 +119,7 @@ async function deployCredentials(): Promise<{ name: string; access_rules: { meth
 
 if (deltaId) await t.test('baremetal node deploy with the delta: the agent writes the chain, the disk boots', async (t) => {
   const target = await staleTarget('node-disk.raw');
-  const uuid = await availableNode('deploy-delta-node', deltaId, target.dev);
+  const uuid = await stack.availableNode('deploy-delta-node', deltaId, target.dev);
   const t0 = Date.now();
   const nBoots = harness.boots.length;
   await stack.baremetal(['node', 'deploy', uuid]);

@@ -194,6 +194,28 @@ export class IronicStack {
     await this.baremetal(['node', 'adopt', name, '--wait', '60']);
     return created.json.uuid as string;
   }
+
+  /**
+   * A node to deploy IMAGEID onto DISK (its root device), made available (enroll -> manage ->
+   * provide): bmsnap deploy interface, noop management (fake management boots only from PXE; a
+   * deploy ends with "boot from disk"), and sync + out-of-band power off after the write (the
+   * fake power interface never sees an in-band power off). Everything at create: trixie's 29.0.5
+   * breaks nodes on any PATCH (test/stack/README.md).
+   */
+  async availableNode(name: string, imageId: string, disk: string): Promise<string> {
+    const auth: Record<string, string> = this.opts.ironicAuth ? { 'x-auth-token': await this.adminTokenNow() } : {};
+    const res = await fetch(`${this.ironic}/v1/nodes`, {
+      method: 'POST', headers: { 'content-type': 'application/json', 'X-OpenStack-Ironic-API-Version': '1.95', ...auth },
+      body: JSON.stringify({ name, driver: 'bmsnap-fake-hardware', deploy_interface: 'bmsnap', boot_interface: 'bmsnap-fake',
+        management_interface: 'noop', properties: { root_device: { name: disk } }, instance_info: { image_source: imageId },
+        driver_info: { deploy_forces_oob_reboot: true } }),
+    });
+    if (res.status !== 201) throw new Error(`node create: ${res.status} ${await res.text()}`);
+    const uuid = ((await res.json()) as { uuid: string }).uuid;
+    await this.baremetal(['node', 'manage', name, '--wait', '60']);
+    await this.baremetal(['node', 'provide', name, '--wait', '60']);
+    return uuid;
+  }
 }
 
 export const snapshotSteps = (imageName: string, disk: string, args: Record<string, unknown> = {}) =>
