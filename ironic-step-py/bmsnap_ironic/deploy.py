@@ -21,6 +21,7 @@ import requests
 from ironic.common import exception
 from ironic.common import states
 from ironic.conductor import periodics
+from ironic.conductor import task_manager
 from ironic.conductor import utils as manager_utils
 from ironic.drivers import base
 from ironic.drivers.modules import agent
@@ -29,6 +30,7 @@ from ironic.drivers import utils as driver_utils
 from oslo_log import log
 
 from bmsnap_ironic import args as step_args
+from bmsnap_ironic import chain_deploy
 from bmsnap_ironic import incremental
 from bmsnap_ironic import safe_agent_client
 from bmsnap_ironic.glance import GlanceImages
@@ -122,6 +124,30 @@ class BmsnapDeploy(agent.AgentDeploy):
         safe_agent_client.install(task)
         return super(BmsnapDeploy, self).execute_clean_step(task, step)
 
+    # --- deploy: a bmsnap image (full or a delta on parents) is written by the bmsnap ramdisk
+    # itself, straight from Glance (chain_deploy); any other image the stock way.
+
+    def _update_instance_info(self, task):
+        image = chain_deploy.bmsnap_image(task)
+        if image is None:
+            return super(BmsnapDeploy, self)._update_instance_info(task)
+        # no conductor-side download and conversion: the agent reads the chain from Glance
+        chain_deploy.set_instance_info(task, image)
+
+    @base.deploy_step(priority=80)
+    @task_manager.require_exclusive_lock
+    def write_image(self, task):
+        image = chain_deploy.bmsnap_image(task) if task.driver.storage.should_write_image(task) else None
+        if image is None:
+            return super(BmsnapDeploy, self).write_image(task)
+        return chain_deploy.start_write(task, image)
+
+    def clean_up(self, task):
+        # a deploy that failed or was torn down mid-write: its read credential goes too
+        if (task.node.driver_internal_info.get(chain_deploy.INFO) or {}).get("state") == "writing":
+            chain_deploy.end_write(task, "failed")
+        return super(BmsnapDeploy, self).clean_up(task)
+
     def get_service_steps(self, task):
         # Our decorated step replaces the agent's own ``snapshot`` (which it wraps).
         agent_steps = [s for s in super(BmsnapDeploy, self).get_service_steps(task)
@@ -211,6 +237,13 @@ class BmsnapDeploy(agent.AgentDeploy):
                 return None
             self._follow_snapshot(task, commands)
             # Ironic's step handling below reads the same answer instead of asking again.
+            client.reuse_commands_once(commands)
+        elif step_type == "deploy" and (node.driver_internal_info.get(chain_deploy.INFO) or {}).get("state") == "writing":
+            commands = _agent_commands(task)
+            if commands is None:
+                return None   # as above: [conductor]deploy_callback_timeout decides
+            if not chain_deploy.follow_write(task, commands):
+                return None
             client.reuse_commands_once(commands)
         return super(BmsnapDeploy, self).process_next_step(task, step_type, **kwargs)
 

@@ -1,8 +1,9 @@
 // Deploying a delta through a REAL Ironic 29 (test/stack/: Debian trixie's ironic-api and
 // ironic-conductor with the bmsnap plugin, Glance 30 and Keystone, on 127.0.0.1), issue 12:
 //   - a bootable disk (test/lib/bootable-disk.sh: GRUB, ESP, ext4 root whose marker program
-//     prints the sha256 of /etc/bmsnap-payload) is snapshotted in full with its index, then its
-//     payload and 1 % of its files change, and a delta goes into Glance with --parent;
+//     prints the sha256 of /etc/bmsnap-payload), given 600 data files, is snapshotted in full
+//     with its index; then 1 % of the files and the payload change, and a delta goes into Glance
+//     with --parent: at most 5 % of the full image;
 //   - a node (bmsnap-fake-hardware, deploy interface bmsnap) is deployed with the DELTA as its
 //     image: the conductor resolves the chain, mints a read-only credential limited to the
 //     chain's images and hands it to the agent in the command parameters only; the agent (the
@@ -11,6 +12,9 @@
 //   - the node goes active; the disk holds every filesystem of the changed source file by file
 //     and BOOTS in a VM, printing the changed payload's hash; the credential is gone; no token in
 //     node fields or logs.
+//   - on Glance 30 too: the delta flattened (its tree equals the changed source), and a parent whose
+//     index digest no longer matches refused in one line with nothing left, or taken in full with
+//     --or-full.
 import t from 'tap';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, readdir, stat, writeFile } from 'node:fs/promises';
@@ -69,6 +73,7 @@ let tokenFile = '';
 let fullId = '';
 let deltaId = '';
 let changedPayload = '';
+const FILES = 600;
 
 async function glanceCli(args: string[]) {
   return bmsnap([...args, '--glance-url', stack.glance, '--token-file', tokenFile, '--json', '-q']);
@@ -80,6 +85,13 @@ if (stackUp) await t.test('a bootable disk, its full snapshot, a change, a delta
   const ks = stack.keystone!;
   tokenFile = at('token');
   await writeFile(tokenFile, (await ks.token('admin', ks.admin.password, 'admin')).token, { mode: 0o600 });
+  const loop0 = await attachLoop(source, { partscan: true });
+  try {
+    await withMount(await loopPartition(loop0, 3), 'rw', async (dir) => {
+      await mkdir(join(dir, 'srv/data'), { recursive: true });
+      for (let i = 0; i < FILES; i++) await writeFile(join(dir, `srv/data/f${i}`), randomBytes(64 * 1024));
+    });
+  } finally { await loop0.detach(); }
   const full = await glanceCli(['image', source, '--glance', 'deploy-full', '--with-index']);
   t.equal(full.exitCode, 0, 'full snapshot with its index into Glance', { stderr: full.stderr });
   fullId = JSON.parse(full.stdout).glance.imageId;
@@ -90,14 +102,66 @@ if (stackUp) await t.test('a bootable disk, its full snapshot, a change, a delta
       const payload = randomBytes(300_000);
       await writeFile(join(dir, 'etc/bmsnap-payload'), payload);
       changedPayload = createHash('sha256').update(payload).digest('hex');
-      await writeFile(join(dir, 'new-after-full'), randomBytes(200_000));
+      for (let i = 0; i < FILES / 100; i++) await writeFile(join(dir, `srv/data/f${i * 7}`), randomBytes(64 * 1024));
     });
   } finally { await loop.detach(); }
   const delta = await glanceCli(['image', source, '--glance', 'deploy-delta', '--parent', fullId]);
   t.equal(delta.exitCode, 0, 'delta against the full image', { stderr: delta.stderr });
   const md = JSON.parse(delta.stdout);
   deltaId = md.glance.imageId;
-  t.ok(md.bytesWritten < 0.2 * JSON.parse(full.stdout).bytesWritten, `the delta (${md.bytesWritten} bytes) is a fraction of the full image (${JSON.parse(full.stdout).bytesWritten})`);
+  const fullBytes = JSON.parse(full.stdout).bytesWritten as number;
+  t.ok(md.bytesWritten <= 0.05 * fullBytes, `the delta (${md.bytesWritten} bytes) is at most 5 % of the full image (${fullBytes})`);
+  const dimg: any = await (await stack.glanceFetch(`/v2/images/${deltaId}`)).json();
+  t.equal(dimg.bmsnap_parent_image, fullId, 'the delta names its parent in its properties');
+  t.equal((await qemuImgInfoOf(deltaId))['backing-filename'], undefined, 'and has no backing-file string');
+});
+
+/** qemu-img info of Glance image ID (downloaded). */
+async function qemuImgInfoOf(id: string): Promise<Record<string, unknown>> {
+  const file = at(`${id}.qcow2`);
+  await writeFile(file, Buffer.from(await (await stack.glanceFetch(`/v2/images/${id}/file`)).arrayBuffer()));
+  return JSON.parse(await run('qemu-img', ['info', '--output=json', file]));
+}
+
+/** Glance images named NAME (hidden ones too). */
+async function named(name: string): Promise<any[]> {
+  const res = await stack.glanceFetch(`/v2/images?name=${encodeURIComponent(name)}&os_hidden=true`);
+  const visible = await stack.glanceImages(name);
+  return [...visible, ...((await res.json()) as { images: any[] }).images];
+}
+
+if (deltaId) await t.test('on Glance 30: flatten the delta; a parent whose index is damaged or gone', async (t) => {
+  const flat = await glanceCli(['flatten', deltaId, '--glance', 'deploy-flat']);
+  t.equal(flat.exitCode, 0, 'bmsnap flatten DELTA --glance', { stderr: flat.stderr });
+  const mf = JSON.parse(flat.stdout);
+  const raw = at('flat.raw');
+  const dl = await stack.glanceFetch(`/v2/images/${mf.glance.imageId}/file`);
+  await writeFile(at('flat.qcow2'), Buffer.from(await dl.arrayBuffer()));
+  await run('qemu-img', ['convert', '-O', 'raw', at('flat.qcow2'), raw]);
+  const [want, got] = [await digestAll(source), await digestAll(raw)];
+  t.same([...got.keys()], [...want.keys()], 'the flat image: the same filesystems');
+  for (const [i, d] of want) t.same(got.get(i)?.entries, d.entries, `flat image, partition ${i} (${d.fs}): the tree of the changed source`);
+  const fimg: any = await (await stack.glanceFetch(`/v2/images/${mf.glance.imageId}`)).json();
+  t.equal(fimg.bmsnap_parent_image, undefined, 'the flat image stands alone (no parent)');
+
+  // a parent whose recorded index digest no longer matches its index image: one line, nothing made
+  const base = await glanceCli(['image', source, '--glance', 'deploy-base2', '--with-index']);
+  const baseId = JSON.parse(base.stdout).glance.imageId as string;
+  const patch = await stack.glanceFetch(`/v2/images/${baseId}`, { method: 'PATCH', headers: { 'content-type': 'application/openstack-images-v2.1-json-patch' },
+    body: JSON.stringify([{ op: 'replace', path: '/bmsnap_index_sha256', value: '0'.repeat(64) }]) });
+  t.equal(patch.status, 200, 'the parent\'s recorded index digest changed behind bmsnap\'s back');
+  const bad = await glanceCli(['image', source, '--glance', 'deploy-bad-parent', '--parent', baseId]);
+  t.equal(bad.exitCode, 1, 'a delta on it is refused');
+  t.match(bad.stderr.trim(), /^bmsnap: the cluster index of parent image \S+ \(image \S+\) has SHA-256 \S+, the image records 000000000000…: it was changed or damaged$/, 'in one line that says so', { stderr: bad.stderr });
+  t.same(await named('deploy-bad-parent'), [], 'no image left behind');
+  t.same(await named('deploy-bad-parent.bmsnap-index'), [], 'no index image left behind');
+  const orFull = await glanceCli(['image', source, '--glance', 'deploy-or-full', '--parent', baseId, '--or-full']);
+  t.equal(orFull.exitCode, 0, '--or-full: a full image instead, as asked', { stderr: orFull.stderr });
+  const mo = JSON.parse(orFull.stdout);
+  t.match(mo.warnings.join('\n'), /changed or damaged; a full image was taken instead \(--or-full\)/, 'the manifest says why');
+  const oimg: any = await (await stack.glanceFetch(`/v2/images/${mo.glance.imageId}`)).json();
+  t.equal(oimg.bmsnap_parent_image, undefined, 'it is a full image (no parent)');
+  t.match(oimg.bmsnap_index_image, /^[0-9a-f-]{36}$/, 'with its own index');
 });
 
 /** A 1 GiB target disk (larger than the source), its first 600 MiB stale bytes, on a loop device. */
