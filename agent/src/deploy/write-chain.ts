@@ -7,11 +7,10 @@ import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { CLUSTER_SIZE } from '../encoder/qcow2/format.js';
 import { noProgress, type Progress } from '../encoder/progress.js';
-import type { ClusterIndex } from '../incremental/cluster-index.js';
+import { clusterCount, type ClusterIndex } from '../incremental/cluster-index.js';
 import { OutputError } from '../errors.js';
 import { describeDisk, errnoText } from '../source/open-source.js';
 import { openChain, walkChain, type ChainMember } from '../chain/chain-walk.js';
-import { clusterCount } from '../incremental/cluster-index.js';
 import { relocateBackupGpt } from './gpt-relocate.js';
 
 export interface WriteStats {
@@ -24,7 +23,7 @@ export interface WriteStats {
   bytesWritten: number;
   /** Of the data clusters, how many came from each image (top first). */
   clustersFrom: number[];
-  /** The backup GPT moved to the end of a larger disk (sgdisk -e). */
+  /** The backup GPT moved to the end of a larger disk (what sgdisk -e does). */
   gptRelocated: boolean;
   seconds: number;
 }
