@@ -5,6 +5,7 @@ follows it to the Glance image. The same logic as agent/src/trigger/server-image
 ``openstack baremetal node snapshot`` command is a thin front over it."""
 
 import collections
+import logging
 
 from openstack import exceptions as sdk_exc
 from openstack.image.v2.image import Image
@@ -21,6 +22,9 @@ from bmsnap_openstack.targets import resolve_target
 Started = collections.namedtuple("Started", "node_uuid node_name server_id server_name image_name previous_image_id")
 
 MAX_TIMEOUT = 7 * 86400
+LOG = logging.getLogger("bmsnap_openstack")
+#: The image property naming a delta's parent (bmsnap_ironic.incremental.PARENT, which imports Ironic).
+PARENT = "bmsnap_parent_image"
 
 
 def snapshot(conn, node_or_server, name, wait=True, timeout=None, on_progress=None, poll_seconds=2.0,
@@ -34,9 +38,13 @@ def snapshot(conn, node_or_server, name, wait=True, timeout=None, on_progress=No
     timeout: with wait, seconds to give up waiting after (the snapshot goes on); None: no limit.
     on_progress: with wait, called with a ``Progress`` whenever the state or progress changes.
     step_options: visibility, disk_format, compression, properties (dict), root_device_hints
-    (dict), scrub (True or "op,op"), scrub_paths (list).
+    (dict), scrub (True or "op,op"), scrub_paths (list), parent (a Glance image id: a delta on
+    that earlier snapshot), or_full (with parent: a full image if the parent has no usable
+    index), with_index (False: store no cluster index beside a qcow2; default True).
 
     Returns the active Glance image (``openstack.image.v2.image.Image``) with wait, else None.
+    A delta names its parent in ``image.properties["bmsnap_parent_image"]``; the node's warnings
+    (e.g. or_full took a full image) are logged on the "bmsnap_openstack" logger.
     Raises a ``BmsnapError``: UsageError, AuthError, NotFoundError, ApiError, SnapshotFailedError
     (node not active / not bmsnap, or the step failed: ``.last_error``), WaitTimeoutError.
     """
@@ -60,14 +68,25 @@ def start_snapshot(conn, node_or_server, name, **step_options):
 
 def wait_for_snapshot(conn, started, timeout=None, on_progress=None, poll_seconds=2.0):
     """Follows the snapshot START_SNAPSHOT began; returns its active Glance image."""
+    image, info = wait_for_record(conn, started, timeout=timeout, on_progress=on_progress,
+                                  poll_seconds=poll_seconds)
+    for warning in info.get("warnings") or ():
+        LOG.warning("snapshot %s of node %s: %s", image.id, started.node_name or started.node_uuid, warning)
+    return image
+
+
+def wait_for_record(conn, started, timeout=None, on_progress=None, poll_seconds=2.0):
+    """wait_for_snapshot(), returning the image and the node's bmsnap_snapshot record (with
+    parent_image_id, delta and warnings for a delta; see bmsnap_ironic/deploy.py)."""
     check_timeout(timeout)
     info = follow_snapshot(IronicNodes(conn), started.node_uuid, previous_image_id=started.previous_image_id,
                            poll_seconds=poll_seconds, timeout=timeout, on_progress=on_progress)
-    return _image(conn, info)
+    return _image(conn, info), info
 
 
 def snapshot_step(node_or_server, name, visibility=None, disk_format=None, compression=None,
-                  properties=None, root_device_hints=None, scrub=None, scrub_paths=None):
+                  properties=None, root_device_hints=None, scrub=None, scrub_paths=None,
+                  parent=None, or_full=False, with_index=True):
     """The service step, checked here with the conductor's own checks (step_args.check), so that
     bad arguments fail in one line before anything is contacted or started."""
     if not isinstance(node_or_server, str) or not node_or_server.strip():
@@ -76,8 +95,14 @@ def snapshot_step(node_or_server, name, visibility=None, disk_format=None, compr
         raise UsageError("missing the image name")
     given = {"image_name": name, "visibility": visibility, "disk_format": disk_format, "compression": compression,
              "properties": properties, "root_device_hints": root_device_hints, "scrub": scrub,
-             "scrub_paths": scrub_paths}
+             "scrub_paths": scrub_paths, "parent": parent}
     args = {k: v for k, v in given.items() if v is not None and v != {} and v != [] and v is not False}
+    # the defaults are left to the step (with_index: true for qcow2 only); anything else is sent,
+    # so that check() refuses a bad value or combination (or_full without parent, ...)
+    if or_full is not False:
+        args["or_full"] = or_full
+    if with_index is not True:
+        args["with_index"] = with_index
     try:
         check(args)
     except StepArgsError as e:
@@ -115,4 +140,5 @@ def _image(conn, info):
         except (sdk_exc.NotFoundException, sdk_exc.ForbiddenException):
             return Image(id=info["image_id"], name=info.get("image_name"), status="active",
                          size=info.get("size"), os_hash_algo="sha512" if info.get("os_hash_value") else None,
-                         os_hash_value=info.get("os_hash_value"))
+                         os_hash_value=info.get("os_hash_value"),
+                         properties={PARENT: info["parent_image_id"]} if info.get("parent_image_id") else {})

@@ -13,6 +13,9 @@ from bmsnap_openstack import api, errors, follow, http, ironic_nodes
 from bmsnap_openstack.osc import progress_line, snapshot_command
 
 
+PARENT = "0c1d5e8a-3f2b-4a6c-9e7d-1b2c3d4e5f60"
+
+
 class StepArgsTest(unittest.TestCase):
     def test_minimal_and_full(self):
         self.assertEqual(api.snapshot_step("n", "img"),
@@ -36,11 +39,44 @@ class StepArgsTest(unittest.TestCase):
                 (("n", "img"), {"properties": {"owner": "me"}}, "property name 'owner' is not allowed"),
                 (("n", "img"), {"root_device_hints": {"colour": "red"}}, "unsupported root device hint(s) colour"),
                 (("n", "img"), {"scrub": "Default!"}, "scrub must be true or a comma list"),
-                (("n", "img"), {"scrub_paths": ["/x"]}, "scrub_paths needs scrub")):
+                (("n", "img"), {"scrub_paths": ["/x"]}, "scrub_paths needs scrub"),
+                (("n", "img"), {"or_full": True}, "or_full goes with parent"),
+                (("n", "img"), {"parent": "yesterday"}, "parent must be a Glance image id"),
+                (("n", "img"), {"parent": PARENT, "with_index": False}, "parent needs with_index"),
+                (("n", "img"), {"parent": PARENT, "disk_format": "raw"}, "parent needs disk_format qcow2"),
+                (("n", "img"), {"with_index": "no"}, "with_index must be true or false"),
+                (("n", "img"), {"parent": PARENT, "or_full": 1}, "or_full must be true or false")):
             with self.assertRaises(errors.UsageError) as cm:
                 api.snapshot_step(*args, **kwargs)
             self.assertIn(want, str(cm.exception))
             self.assertNotIn("\n", str(cm.exception))
+
+    def test_incremental(self):
+        # the defaults stay the step's (with_index: true for qcow2 only), so raw needs nothing
+        self.assertEqual(api.snapshot_step("n", "img", disk_format="raw", or_full=False, with_index=True)["args"],
+                         {"image_name": "img", "disk_format": "raw"})
+        self.assertEqual(api.snapshot_step("n", "img", parent=PARENT, or_full=True)["args"],
+                         {"image_name": "img", "parent": PARENT, "or_full": True})
+        self.assertEqual(api.snapshot_step("n", "img", disk_format="raw", with_index=False)["args"],
+                         {"image_name": "img", "disk_format": "raw", "with_index": False})
+
+    def test_nothing_is_contacted_for_bad_arguments(self):
+        conn = unittest.mock.Mock()
+        with self.assertRaises(errors.UsageError):
+            api.start_snapshot(conn, "n", "img", or_full=True)
+        self.assertEqual(conn.mock_calls, [])
+
+    def test_wait_shows_a_delta_and_logs_warnings(self):
+        conn = unittest.mock.Mock()
+        conn.image.get_image.side_effect = api.sdk_exc.ForbiddenException("system scope")
+        record = {"image_id": "i", "image_name": "img", "state": "active", "size": 5, "parent_image_id": PARENT,
+                  "delta": {"changed_clusters": 2}, "warnings": ["parent could not be protected"]}
+        started = api.Started("u", "n", None, None, "img", None)
+        with unittest.mock.patch.object(api, "follow_snapshot", return_value=record), \
+                self.assertLogs("bmsnap_openstack", "WARNING") as logs:
+            image = api.wait_for_snapshot(conn, started)
+        self.assertEqual((image.id, image.properties), ("i", {"bmsnap_parent_image": PARENT}))
+        self.assertEqual(logs.output, ["WARNING:bmsnap_openstack:snapshot i of node n: parent could not be protected"])
 
     def test_timeout_bounds(self):
         api.check_timeout(None)
@@ -284,6 +320,36 @@ class CommandParserTest(unittest.TestCase):
                         "serial=X1", "--scrub", "--scrub-path", "/opt/x", "--wait", "--timeout", "600"])
         self.assertEqual((a.node_or_server, a.name, a.property, a.root_device, a.scrub, a.scrub_path, a.timeout),
                          ("srv", "img", {"a": "1", "b": "2"}, {"serial": "X1"}, True, ["/opt/x"], 600))
+
+    def test_incremental_options(self):
+        a = self.parse(["srv", "--name", "img", "--parent", PARENT, "--or-full"])
+        self.assertEqual((a.parent, a.or_full, a.with_index), (PARENT, True, True))
+        a = self.parse(["srv", "--name", "img", "--no-index"])
+        self.assertEqual((a.parent, a.or_full, a.with_index), (None, False, False))
+
+    def test_delta_columns(self):
+        base = (("image_id",), ("i",))
+        self.assertEqual(snapshot_command._with_delta(*base, {"image_id": "i"}), base)
+        cols, vals = snapshot_command._with_delta(*base, {
+            "parent_image_id": PARENT, "delta": {"changed_clusters": 25, "dropped_clusters": 1,
+                                                 "unchanged_clusters": 600}})
+        self.assertEqual(cols, ("image_id", "parent_image_id", "delta"))
+        self.assertEqual(vals[1], PARENT)
+        self.assertEqual(vals[2].machine_readable(),
+                         {"changed_clusters": 25, "dropped_clusters": 1, "unchanged_clusters": 600})
+        # or_full fell back to a full image: no parent, the warning says why
+        cols, vals = snapshot_command._with_delta(*base, {"parent_image_id": None, "warnings": ["no index"]})
+        self.assertEqual(cols, ("image_id", "warnings"))
+        self.assertEqual(vals[1].machine_readable(), ["no index"])
+
+    def test_bad_combination_is_one_line_before_anything(self):
+        cmd = snapshot_command.SnapshotNode(app=unittest.mock.Mock(), app_args=None)
+        args = cmd.get_parser("openstack baremetal node snapshot").parse_args(
+            ["srv", "--name", "img", "--parent", PARENT, "--no-index"])
+        with self.assertRaises(snapshot_command.exceptions.CommandError) as cm:
+            cmd.take_action(args)
+        self.assertEqual(str(cm.exception), "snapshot step: parent needs with_index (a delta stores its own index)")
+        self.assertEqual(cmd.app.client_manager.sdk_connection.mock_calls, [])
 
     def test_bad_timeout(self):
         with self.assertRaises(SystemExit), unittest.mock.patch("sys.stderr", io.StringIO()) as err:

@@ -4,16 +4,19 @@ wait_for_snapshot(); every check and request is theirs."""
 import argparse
 import time
 
-from osc_lib.cli import parseractions
+from osc_lib.cli import format_columns, parseractions
 from osc_lib.command import command
 from osc_lib import exceptions
 
 from bmsnap_ironic.step_args import COMPRESSIONS, DISK_FORMATS, VISIBILITIES
-from bmsnap_openstack.api import MAX_TIMEOUT, start_snapshot, wait_for_snapshot
+from bmsnap_openstack.api import MAX_TIMEOUT, start_snapshot, wait_for_record
 from bmsnap_openstack.errors import BmsnapError
 from bmsnap_openstack.osc.progress_line import ProgressLine
 
 COLUMNS = ("image_id", "image_name", "node_uuid", "node_name", "server_id", "state", "size", "seconds")
+#: With --wait, after COLUMNS: for a delta, its parent and the node's delta counts; any warnings
+#: (e.g. --or-full took a full image).
+DELTA_COLUMNS = ("parent_image_id", "delta")
 
 
 def _timeout(text):
@@ -66,6 +69,17 @@ class SnapshotNode(command.ShowOne):
             help="With --scrub: an absolute path to remove from the image as well (repeat option "
                  "for several paths)")
         parser.add_argument(
+            "--parent", metavar="<image-id>",
+            help="Take a delta: only the clusters changed since this earlier snapshot of the disk "
+                 "(a Glance image id; it needs its cluster index, see docs/incremental.md)")
+        parser.add_argument(
+            "--or-full", action="store_true",
+            help="With --parent: if the parent has no usable index, take a full image instead of failing")
+        parser.add_argument(
+            "--no-index", dest="with_index", action="store_false",
+            help="Store no cluster index beside the image (by default a qcow2 gets one, hidden, "
+                 "for later deltas)")
+        parser.add_argument(
             "--wait", action="store_true",
             help="Wait for the snapshot to finish, showing its progress, and show the image; "
                  "fail with the node's last error if the snapshot fails")
@@ -90,11 +104,13 @@ class SnapshotNode(command.ShowOne):
                 compression=parsed_args.compression, properties=parsed_args.property,
                 root_device_hints=parsed_args.root_device,
                 scrub=(parsed_args.scrub_ops or True) if parsed_args.scrub else None,
-                scrub_paths=parsed_args.scrub_path)
-            image = None
+                scrub_paths=parsed_args.scrub_path, parent=parsed_args.parent,
+                or_full=parsed_args.or_full, with_index=parsed_args.with_index)
+            image, info = None, {}
             if parsed_args.wait:
                 display = ProgressLine(self.app.stderr, started.node_name or started.node_uuid)
-                image = wait_for_snapshot(conn, started, timeout=parsed_args.timeout, on_progress=display.update)
+                image, info = wait_for_record(conn, started, timeout=parsed_args.timeout,
+                                              on_progress=display.update)
         except BmsnapError as e:
             raise exceptions.CommandError(str(e)) from None
         except KeyboardInterrupt:
@@ -107,4 +123,16 @@ class SnapshotNode(command.ShowOne):
         values = (image.id if image else None, started.image_name, started.node_uuid, started.node_name,
                   started.server_id, "active" if image else "started", image.size if image else None,
                   round(time.monotonic() - t0, 1))
-        return COLUMNS, values
+        return _with_delta(COLUMNS, values, info)
+
+
+def _with_delta(columns, values, info):
+    """COLUMNS / VALUES plus what the node recorded of a delta (bmsnap_snapshot: parent_image_id,
+    delta counts) and its warnings, where there are any."""
+    if info.get("parent_image_id"):
+        columns += DELTA_COLUMNS
+        values += (info["parent_image_id"], format_columns.DictColumn(info.get("delta") or {}))
+    if info.get("warnings"):
+        columns += ("warnings",)
+        values += (format_columns.ListColumn(info["warnings"]),)
+    return columns, values
