@@ -8,7 +8,7 @@ import { integer, keyValues, oneLine } from '../options.js';
 import { serverImageCreate, type ServerImageCreateOptions } from '../trigger/server-image-create.js';
 import { logProgress, terminalProgress } from './progress-display.js';
 
-export const SERVER_IMAGE_CREATE_USAGE = `usage: bmsnap server-image-create SERVER NAME [--wait] [options]
+export const SERVER_IMAGE_CREATE_USAGE = `usage: bmsnap server-image-create SERVER NAME [--wait] [--parent IMAGE [--or-full]] [options]
 
 Snapshots a bare-metal server into a new Glance image, like \`openstack server image create\`
 for a VM: finds the Ironic node of SERVER (a Nova server id or name, or an Ironic node UUID or
@@ -27,6 +27,13 @@ options:
       --root-device K=V   root device hint for the disk to capture (repeatable: name, size,
                           serial, wwn, model, vendor, rotational, by_path; default: the node's
                           root_device property)
+      --parent IMAGE      a delta: only the clusters changed since IMAGE, an earlier snapshot
+                          of this disk with its cluster index (a Glance image id;
+                          docs/incremental.md)
+      --or-full           with --parent: a full image if IMAGE has no usable index, instead
+                          of failing
+      --no-index          store no cluster index beside the image (by default a qcow2 gets
+                          one, a hidden image, for later deltas)
       --json              print the result as JSON on stdout
   -q, --quiet             no progress output, only errors
       --log-level LEVEL   pino log level for JSON logs (default info)
@@ -65,6 +72,9 @@ export async function serverImageCreateCommand(argv: string[], signal: AbortSign
     ...(values.compress ? { compression: values.compress as 'zstd' } : {}),
     properties: keyValues(values.property ?? [], '--property'),
     rootDeviceHints: keyValues(values['root-device'] ?? [], '--root-device'),
+    ...(values.parent !== undefined ? { parent: values.parent } : {}),
+    ...(values['or-full'] ? { orFull: true } : {}),
+    ...(values['no-index'] ? { withIndex: false } : {}),
     auth: {
       ...(values['os-cloud'] ? { cloud: values['os-cloud'] } : {}),
       ...(values['ironic-url'] ? { ironicUrl: values['ironic-url'] } : {}),
@@ -95,8 +105,11 @@ export async function serverImageCreateCommand(argv: string[], signal: AbortSign
       '(driver_internal_info.bmsnap_snapshot holds the image id and the progress)\n');
   }
   if (r.state === 'active') {
-    log.info({ image: r.imageId, node: r.node.uuid, server: r.server?.id, bytes: r.size, seconds: r.seconds }, 'snapshot image active');
-    if (human && !values.quiet && !values.json) process.stderr.write(`bmsnap: image ${r.imageId} ("${r.imageName}") active: snapshot of ${server}node ${node} in ${r.seconds.toFixed(0)} s\n`);
+    log.info({ image: r.imageId, node: r.node.uuid, server: r.server?.id, bytes: r.size, seconds: r.seconds,
+      ...(r.parentImageId ? { parent: r.parentImageId, delta: r.delta } : {}) }, 'snapshot image active');
+    const delta = r.parentImageId ? ` (a delta on ${r.parentImageId}${r.delta?.changed_clusters !== undefined ? `: ${r.delta.changed_clusters} changed clusters` : ''})` : '';
+    if (human && !values.quiet && !values.json) process.stderr.write(`bmsnap: image ${r.imageId} ("${r.imageName}") active${delta}: snapshot of ${server}node ${node} in ${r.seconds.toFixed(0)} s\n`);
+    for (const w of r.warnings ?? []) log.warn({ image: r.imageId }, w);
   }
 }
 
@@ -113,6 +126,9 @@ function parse(argv: string[]) {
       'disk-format': { type: 'string' },
       compress: { type: 'string' },
       'root-device': { type: 'string', multiple: true },
+      parent: { type: 'string' },
+      'or-full': { type: 'boolean' },
+      'no-index': { type: 'boolean' },
       json: { type: 'boolean' },
       quiet: { type: 'boolean', short: 'q' },
       'log-level': { type: 'string' },

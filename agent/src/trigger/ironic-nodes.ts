@@ -11,6 +11,13 @@ export interface SnapshotInfo {
   size?: number;
   os_hash_value?: string;
   progress?: { phase?: string; bytes?: number; total?: number; percent?: number; mb_per_s?: number } | null;
+  /** The hidden image holding the cluster index (with_index). */
+  index_image_id?: string;
+  /** A delta's parent (null when or_full fell back to a full image). */
+  parent_image_id?: string | null;
+  /** A delta's counts, as the agent reported them. */
+  delta?: { changed_clusters?: number; dropped_clusters?: number; unchanged_clusters?: number } | null;
+  warnings?: string[];
 }
 
 export interface IronicNode {

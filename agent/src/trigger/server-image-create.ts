@@ -9,7 +9,8 @@ import { openSession } from '../openstack/session.js';
 import { choice, integer } from '../options.js';
 import { SnapshotFailedError } from './errors.js';
 import { followSnapshot } from './follow.js';
-import { IronicNodes, type IronicNode, type ServiceStep } from './ironic-nodes.js';
+import { z } from '../ipa/steps/argcheck.js';
+import { IronicNodes, type IronicNode, type ServiceStep, type SnapshotInfo } from './ironic-nodes.js';
 import { NovaClient } from './nova.js';
 import { resolveTarget } from './resolve-target.js';
 
@@ -35,6 +36,12 @@ export interface ServerImageCreateOptions {
   properties?: Record<string, string>;
   /** Which disk to capture (Ironic root device hints); default the node's root_device property. */
   rootDeviceHints?: Record<string, string | number | boolean>;
+  /** A delta: only the clusters changed since this earlier snapshot (a Glance image id with a cluster index; docs/incremental.md). */
+  parent?: string;
+  /** With parent: a full image if the parent has no usable index, instead of failing. */
+  orFull?: boolean;
+  /** Store the cluster index beside a qcow2 image, for later deltas (default true; false: none). */
+  withIndex?: boolean;
   /** Credentials: OS_* / clouds.yaml like the openstack CLI, or explicit endpoints. */
   auth?: {
     /** clouds.yaml entry (else OS_CLOUD, else OS_* variables of `env`). */
@@ -68,6 +75,11 @@ export interface ServerImageCreateResult {
   /** With wait: the Glance image, and its size in bytes. */
   imageId?: string;
   size?: number;
+  /** With wait, for a delta: its parent image and counts, as the node recorded them. */
+  parentImageId?: string;
+  delta?: SnapshotInfo['delta'];
+  /** With wait: what the node warned about (e.g. orFull took a full image). */
+  warnings?: string[];
   seconds: number;
 }
 
@@ -107,7 +119,12 @@ export async function serverImageCreate(o: ServerImageCreateOptions): Promise<Se
       ...(o.onState ? { onState: o.onState } : {}),
       ...(o.signal ? { signal: o.signal } : {}),
     });
-    return { ...result, state: 'active', imageId: info.image_id, ...(info.size !== undefined ? { size: info.size } : {}), seconds: secondsSince(started) };
+    return {
+      ...result, state: 'active', imageId: info.image_id, ...(info.size !== undefined ? { size: info.size } : {}),
+      ...(info.parent_image_id ? { parentImageId: info.parent_image_id, ...(info.delta ? { delta: info.delta } : {}) } : {}),
+      ...(info.warnings?.length ? { warnings: info.warnings } : {}),
+      seconds: secondsSince(started),
+    };
   } finally {
     await Promise.all([ironic.close(), nova?.close()]);
   }
@@ -125,6 +142,16 @@ function snapshotStep(o: ServerImageCreateOptions): ServiceStep {
   if (o.compression) args.compression = choice(o.compression, COMPRESSIONS, 'compression');
   if (o.properties && Object.keys(o.properties).length) args.properties = o.properties;
   if (o.rootDeviceHints && Object.keys(o.rootDeviceHints).length) args.root_device_hints = o.rootDeviceHints;
+  if (o.parent !== undefined) args.parent = o.parent;
+  // the defaults are left to the step (with_index: true for qcow2 only)
+  if (o.orFull !== undefined && o.orFull !== false) args.or_full = o.orFull;
+  if (o.withIndex !== undefined && o.withIndex !== true) args.with_index = o.withIndex;
+  try {
+    // the agent's own check of the step's arguments (combinations: or_full without parent, ...)
+    z.parse(args);
+  } catch (err) {
+    throw new UsageError(err instanceof Error ? err.message : String(err));
+  }
   return { interface: 'deploy', step: 'snapshot', args };
 }
 
