@@ -6,7 +6,7 @@
 // interface writes its command line (as in ironic-snapshot.test.ts).
 // Cases: --help and bad input; success as the (system-scoped) admin (image active, downloaded bytes = Glance's
 // digests, qemu-img clean); a non-admin project member snapshotting their project's node (image
-// owned by their project); refusal for another project's node (hidden: not found; leased to the
+// owned by their project), then a delta on that image (--parent: parent and counts shown); refusal for another project's node (hidden: not found; leased to the
 // user's project: Ironic's policy says 403); a failing step (service failed, no image, last_error
 // in one line, exit 1); no password or token in any output, node field or log.
 // Needs root (chroot, mount namespaces, loop devices). BMSNAP_KEEP_STACK=1 keeps the stack dir.
@@ -57,6 +57,8 @@ const oneLineError = (t: Test, stderr: string, what: string) => {
 };
 
 const users: Record<string, CloudUser & { projectId: string }> = {};
+/** The member's snapshot (an image with its index), parent of the delta case. */
+let memberImage = '';
 let disk = '';
 
 let stackUp = false;
@@ -70,7 +72,7 @@ await t.test('stack (Ironic, Glance and Keystone validating tokens) and the plug
   t.equal(anon.status, 401, 'Ironic refuses a request without a token');
   const help = await stack.openstack(['help', 'baremetal', 'node', 'snapshot']);
   t.match(help.stdout, /usage: openstack baremetal node snapshot .*--name <image-name>/s, '`openstack help baremetal node snapshot`: the usage');
-  for (const opt of ['--visibility', '--property', '--scrub', '--wait', '--timeout', '--root-device', '<node-or-server>']) t.match(help.stdout, opt, `help lists ${opt}`);
+  for (const opt of ['--visibility', '--property', '--scrub', '--wait', '--timeout', '--root-device', '--parent', '--or-full', '--no-index', '<node-or-server>']) t.match(help.stdout, opt, `help lists ${opt}`);
   const list = await stack.openstack(['command', 'list', '--group', 'openstack.bmsnap.v1'], { json: true });
   t.match(JSON.stringify(list.json), /baremetal node snapshot/, 'OSC lists the command in group openstack.bmsnap.v1');
 
@@ -96,6 +98,9 @@ if (stackUp) await t.test('bad input: one clear line, non-zero exit, nothing sta
     // the conductor's own checks, run before Ironic is asked (it would run them once servicing began)
     ['reserved property', [uuid, '--name', 'x', '--property', 'owner=me'], /^snapshot step: property name 'owner' is not allowed$/m],
     ['unknown root device hint', [uuid, '--name', 'x', '--root-device', 'colour=red'], /^snapshot step: unsupported root device hint\(s\) colour$/m],
+    ['--or-full without --parent', [uuid, '--name', 'x', '--or-full'], /^snapshot step: or_full goes with parent$/m],
+    ['--parent with --no-index', [uuid, '--name', 'x', '--parent', uuid, '--no-index'], /^snapshot step: parent needs with_index \(a delta stores its own index\)$/m],
+    ['--parent with raw', [uuid, '--name', 'x', '--parent', uuid, '--disk-format', 'raw'], /^snapshot step: parent needs disk_format qcow2$/m],
   ];
   for (const [what, args, want] of cases) {
     const r = await snapshotCli(what, args);
@@ -162,6 +167,23 @@ if (stackUp) await t.test("a project member snapshots their project's node", asy
   t.equal(res.status, 200, 'user1 reads the image with their own token');
   t.equal(img.owner, u.projectId, "owned by user1's project");
   t.equal(img.status, 'active', 'active');
+  memberImage = id;
+});
+
+if (stackUp && memberImage) await t.test('a delta on that snapshot (--parent): the parent and the counts shown', async (t) => {
+  const t0 = Date.now();
+  const r = await snapshotCli('delta', ['osc-own', '--name', 'osc-own-delta', '--parent', memberImage, '--wait',
+    '--root-device', `name=${disk}`, '-f', 'json'], 'user1');
+  t.equal(r.exitCode, 0, 'exit 0', { stderr: r.stderr });
+  t.comment(`delta snapshot --wait: ${secs(t0)} s`);
+  const out = JSON.parse(r.stdout);
+  t.match(out, { image_id: /^[0-9a-f-]{36}$/, state: 'active', parent_image_id: memberImage,
+    delta: { changed_clusters: Number, dropped_clusters: Number, unchanged_clusters: Number } }, '-f json: the parent and the delta counts');
+  t.ok(out.delta.unchanged_clusters > 0, 'unchanged clusters left to the parent', out.delta);
+  const n = await stack.getNode('osc-own');
+  t.equal(n.driver_internal_info.bmsnap_snapshot.parent_image_id, memberImage, 'the node recorded the parent');
+  const img: any = await (await stack.glanceFetch(`/v2/images/${out.image_id}`)).json();
+  t.equal(img.bmsnap_parent_image, memberImage, 'the delta names its parent in Glance');
 });
 
 if (stackUp) await t.test("refused: another project's node", async (t) => {
