@@ -5,7 +5,9 @@
 // service step (bmsnap plugin). Then the image is downloaded and booted in a fresh VM, which must
 // print the disk's marker: the snapshot boots. A second run with `scrub` (issue 7) must leave the
 // disk byte-identical while the image loses its per-machine state and, booted, makes a new
-// identity. Times and sizes are printed as `# metric` lines.
+// identity. Last, Ironic deploys a delta of a changed copy of the disk onto a blank disk, the agent
+// in the ramdisk VM writing the chain, and that disk boots with the change (issue 12). Times and
+// sizes are printed as `# metric` lines.
 //
 // Wiring, as an operator would set it for a ramdisk behind NAT: Ironic's [service_catalog]
 // endpoint_override is the address the ramdisk reaches Ironic at (10.0.2.100:PORT) and
@@ -16,7 +18,7 @@ import t, { type Test } from 'tap';
 import { execa } from 'execa';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { REPO_ROOT, attachLoop, loopPartition, readOnlyMountOptions, withMount } from '../lib/disks.js';
@@ -92,6 +94,8 @@ const stack = new IronicStack({
 });
 
 interface RamdiskVm extends Boot { vm: Vm; agentPort: number }
+/** The disk a node's ramdisk VM gets (default: the bootable source disk, read-only). */
+const vmDisks = new Map<string, { file: string; format: 'raw' }>();
 
 async function bootVm(uuid: string, _file: string, content: string, i: number): Promise<RamdiskVm> {
   const agentPort = await pickPort(17100, 17199);
@@ -102,7 +106,7 @@ async function bootVm(uuid: string, _file: string, content: string, i: number): 
   const vm = new Vm({
     name: `ramdisk-${i}`, serialLog: join(work, `ramdisk-${i}.serial.log`), memoryMiB: 1536,
     kernel, initrd: initramfs, append,
-    disks: [{ file: disk, format: 'raw', readOnly: true }],
+    disks: [vmDisks.get(uuid) ?? { file: disk, format: 'raw', readOnly: true }],
     guestForwards: [ironicPort, glancePort], hostForwards: [agentPort],
   });
   vms.push(vm);
@@ -256,6 +260,57 @@ if (imageId) await t.test('snapshot with scrub: a shareable image, the disk unto
   t.not(b.machineId, machineId, 'a NEW machine id');
   t.equal(b.regenerated, 'machine-id hostkey', 'machine id and host key regenerated at first boot');
   await rm(b.raw, { force: true });
+});
+
+// ------------------------------------------------------------------------------------------------
+// 6. Deploy a delta (issue 12): a copy of the disk, changed after its full snapshot, goes into
+//    Glance as a delta; Ironic deploys it with the bmsnap deploy interface onto a blank, stale
+//    disk, the agent in the ramdisk VM writing the chain; the disk then boots with the change.
+
+if (stackUp) await t.test('deploy a delta: the ramdisk VM writes the chain, the disk boots with the change', async (t) => {
+  const src = join(work, 'deploy-src.raw');
+  await execa('cp', ['--sparse=always', disk, src]);
+  const cli = async (args: string[]) => {
+    const r = await execa('node', [join(REPO_ROOT, 'dist/agent/src/cli/main.js'), ...args, '--glance-url', stack.glance, '--json', '-q'], { reject: false, stdin: 'ignore', env: { NODE_OPTIONS: '' } });
+    t.equal(r.exitCode, 0, `bmsnap ${args.slice(0, 4).join(' ')}`, { stderr: String(r.stderr) });
+    return JSON.parse(String(r.stdout) || '{}');
+  };
+  const full = await cli(['image', src, '--glance', 'vm-deploy-full', '--with-index']);
+  let payload = '';
+  const loop = await attachLoop(src, { partscan: true });
+  try {
+    await withMount(await loopPartition(loop, 3), 'rw', async (root) => {
+      const bytes = randomBytes(200_000);
+      await writeFile(join(root, 'etc/bmsnap-payload'), bytes);
+      payload = createHash('sha256').update(bytes).digest('hex');
+    });
+  } finally { await loop.detach(); }
+  const delta = await cli(['image', src, '--glance', 'vm-deploy-delta', '--parent', full.glance.imageId]);
+  t.ok(delta.bytesWritten < full.bytesWritten / 5, `a delta of ${delta.bytesWritten} bytes (full: ${full.bytesWritten})`);
+
+  const target = join(work, 'deploy-target.raw');
+  await execa('bash', ['-c', `yes BMSNAP-STALE | head -c ${300 * 2 ** 20} > ${target} && truncate -s 512M ${target}`]);
+  const uuid = await stack.availableNode('vm-deploy-node', delta.glance.imageId, '/dev/vda');
+  vmDisks.set(uuid, { file: target, format: 'raw' });
+  const t0 = Date.now();
+  await stack.baremetal(['node', 'deploy', uuid]);
+  const n = await stack.waitState(uuid, ['active', 'deploy failed'], 900);
+  metric('deploy_delta_s', secs(t0), 's (node deploy -> node active, ramdisk boot included)');
+  t.equal(n.provision_state, 'active', 'node active', { last_error: n.last_error });
+  t.match(n.driver_internal_info.bmsnap_deploy, { chain: [delta.glance.imageId, full.glance.imageId], state: 'written', device: '/dev/vda' }, 'the agent in the VM wrote the chain onto /dev/vda');
+  for (const b of harness.boots.filter((x) => x.uuid === uuid)) { b.kill('SIGTERM'); await b.done.catch(() => undefined); }
+
+  const vm = new Vm({ name: 'deployed-boot', serialLog: join(work, 'deployed-boot.serial.log'), memoryMiB: 512,
+    disks: [{ file: target, format: 'raw', snapshot: true }], noNetwork: true });
+  vms.push(vm);
+  const seen = await vm.waitLine(MARKER_LINE, 240);
+  metric('deployed_boot_to_marker_s', Math.round(seen.seconds * 10) / 10, 's');
+  await vm.stop();
+  t.equal(seen.match[1], marker, 'the deployed disk boots (the source\'s marker)');
+  t.equal(seen.match[2], payload, 'with the payload as changed after the full snapshot');
+  t.equal(await sha256File(disk), diskSha, 'the original source disk is unchanged');
+  await rm(src, { force: true });
+  await rm(target, { force: true });
 });
 
 metric('total_s', secs(started), 's (this test, stack start included)');

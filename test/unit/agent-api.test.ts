@@ -121,3 +121,13 @@ t.test('the deploy extension: write_image advertised; only the bmsnap deploy int
   t.match(other, { command_status: 'FAILED', command_error: { message: /unknown deploy step deploy\.erase_devices/ } });
   t.same((await call('standby.get_partition_uuids', {})).command_result, {}, 'get_partition_uuids: nothing for a whole-disk image');
 });
+
+t.test('image.install_bootloader: nothing to do for a whole-disk image, a partition image refused', async (t) => {
+  const { imageExtension } = await import('../../agent/src/ipa/extensions/image.js');
+  const { app } = setup([imageExtension()]);
+  const call = async (params: Record<string, unknown>) => (await app.inject({
+    method: 'POST', url: `/v1/commands/?wait=true&agent_token=${TOKEN}`, payload: { name: 'image.install_bootloader', params },
+  })).json();
+  t.match(await call({ root_uuid: null, efi_system_part_uuid: null, target_boot_mode: 'uefi' }), { command_status: 'SUCCEEDED', command_result: { bootloader: /whole-disk/ } });
+  t.match(await call({ root_uuid: 'abcd', target_boot_mode: 'uefi' }), { command_status: 'FAILED', command_error: { message: /whole-disk images only/ } });
+});

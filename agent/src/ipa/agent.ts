@@ -6,6 +6,7 @@ import { VERSION } from '../version.js';
 import type { AgentConfig } from './cmdline.js';
 import { CommandRunner } from './command-runner.js';
 import { deployExtension } from './extensions/deploy.js';
+import { imageExtension } from './extensions/image.js';
 import { logExtension } from './extensions/log.js';
 import { serviceExtension } from './extensions/service.js';
 import { standbyExtension } from './extensions/standby.js';
@@ -31,7 +32,7 @@ export async function startAgent(config: AgentConfig, log: Logger, opts: { logFi
   const runner = new CommandRunner();
   const server = buildServer({
     runner,
-    extensions: [serviceExtension({ log }), deployExtension({ log }), logExtension({ ...(opts.logFile ? { logFile: opts.logFile } : {}) }), standbyExtension()],
+    extensions: [serviceExtension({ log }), deployExtension({ log }), imageExtension(), logExtension({ ...(opts.logFile ? { logFile: opts.logFile } : {}) }), standbyExtension()],
     token: () => token,
     version: VERSION,
     startedAt: Date.now() / 1000,
