@@ -190,6 +190,9 @@ if (stackUp) await t.test('bad input: one-line errors', async (t) => {
   oneLineError(t, await bmsnap(['sic-ok', 'x', '--property', 'novalue', ...ironic]), 2, /--property wants KEY=VALUE/);
   oneLineError(t, await bmsnap(['sic-ok', 'x', '--timeout', '5', ...ironic]), 2, /--timeout applies to --wait only/);
   oneLineError(t, await bmsnap(['sic-ok', 'x', '--frobnicate', ...ironic]), 2, /Unknown option '--frobnicate'/);
+  // the step's incremental args, checked with the agent's own argcheck before Ironic is asked
+  oneLineError(t, await bmsnap(['sic-ok', 'x', '--or-full', ...ironic]), 2, /or_full goes with parent$/);
+  oneLineError(t, await bmsnap(['sic-ok', 'x', '--parent', '0c1d5e8a-3f2b-4a6c-9e7d-1b2c3d4e5f60', '--no-index', ...ironic]), 2, /parent needs with_index/);
   oneLineError(t, await bmsnap(['sic-ok', 'x']), 1, /no Ironic to talk to/);
   oneLineError(t, await bmsnap(['sic-fail', 'x', ...ironic]), 1, /node sic-fail \(\S+\) is "service failed"; only an active node can be snapshotted/);
   const dead = await pickPort(19230, 19239);
