@@ -9,7 +9,7 @@ import t, { type Test } from 'tap';
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { attachLoop, buildDisk, findPartition, loopPartition, makeTempDir, removeTempDir, run, runUnchecked, sizeOf, withMount } from '../lib/disks.js';
+import { attachLoop, buildDisk, findPartition, makeTempDir, removeTempDir, run, runUnchecked, withMount, withPartitionMount } from '../lib/disks.js';
 import { digestAll, fsckAll, hashFile, sha256File } from '../lib/verify.js';
 import { bmsnap } from '../lib/cli.js';
 
@@ -30,15 +30,12 @@ function refused(t: Test, r: { exitCode: number; stderr: string }, want: RegExp,
 await t.test('full + index, 1 % of the ext4 files rewritten, delta', async (t) => {
   const full = await bmsnap(['image', source.path, '-o', at('full.qcow2'), '--index', at('full.idx'), '-q']);
   t.equal(full.exitCode, 0, 'full image with its index', { stderr: full.stderr });
-  const loop = await attachLoop(source.path, { partscan: true });
-  try {
-    await withMount(await loopPartition(loop, 3), 'rw', async (dir) => {
-      const files = (await run('find', [dir, '-type', 'f', '-size', '+8k'])).split('\n').filter(Boolean);
-      t.ok(files.length >= 3, `${files.length} files on the ext4 root`);
-      for (const f of files.slice(0, Math.max(1, Math.ceil(files.length / 100)))) await writeFile(f, randomBytes(64 * 1024));
-      await writeFile(join(dir, 'new-after-full'), randomBytes(100_000));
-    });
-  } finally { await loop.detach(); }
+  await withPartitionMount(source.path, 3, 'rw', async (dir) => {
+    const files = (await run('find', [dir, '-type', 'f', '-size', '+8k'])).split('\n').filter(Boolean);
+    t.ok(files.length >= 3, `${files.length} files on the ext4 root`);
+    for (const f of files.slice(0, Math.max(1, Math.ceil(files.length / 100)))) await writeFile(f, randomBytes(64 * 1024));
+    await writeFile(join(dir, 'new-after-full'), randomBytes(100_000));
+  });
   const before = await sha256File(source.path);
   const d = await bmsnap(['image', source.path, '-o', at('delta.qcow2'), '--parent-index', at('full.idx'), '--index', at('delta.idx'), '--json', '-q']);
   t.equal(d.exitCode, 0, 'delta against the full image', { stderr: d.stderr });

@@ -21,7 +21,7 @@ import { mkdir, mkdtemp, readFile, readdir, stat, writeFile } from 'node:fs/prom
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { attachLoop, loopPartition, REPO_ROOT, run, withMount, type Loop, type TestDisk } from '../lib/disks.js';
+import { attachLoop, REPO_ROOT, run, withPartitionMount, type Loop, type TestDisk } from '../lib/disks.js';
 import { digestAll } from '../lib/verify.js';
 import { pickPortIn } from '../lib/ports.js';
 import { bmsnap } from '../lib/cli.js';
@@ -85,26 +85,20 @@ if (stackUp) await t.test('a bootable disk, its full snapshot, a change, a delta
   const ks = stack.keystone!;
   tokenFile = at('token');
   await writeFile(tokenFile, (await ks.token('admin', ks.admin.password, 'admin')).token, { mode: 0o600 });
-  const loop0 = await attachLoop(source, { partscan: true });
-  try {
-    await withMount(await loopPartition(loop0, 3), 'rw', async (dir) => {
-      await mkdir(join(dir, 'srv/data'), { recursive: true });
-      for (let i = 0; i < FILES; i++) await writeFile(join(dir, `srv/data/f${i}`), randomBytes(64 * 1024));
-    });
-  } finally { await loop0.detach(); }
+  await withPartitionMount(source, 3, 'rw', async (dir) => {
+    await mkdir(join(dir, 'srv/data'), { recursive: true });
+    for (let i = 0; i < FILES; i++) await writeFile(join(dir, `srv/data/f${i}`), randomBytes(64 * 1024));
+  });
   const full = await glanceCli(['image', source, '--glance', 'deploy-full', '--with-index']);
   t.equal(full.exitCode, 0, 'full snapshot with its index into Glance', { stderr: full.stderr });
   fullId = JSON.parse(full.stdout).glance.imageId;
 
-  const loop = await attachLoop(source, { partscan: true });
-  try {
-    await withMount(await loopPartition(loop, 3), 'rw', async (dir) => {
-      const payload = randomBytes(300_000);
-      await writeFile(join(dir, 'etc/bmsnap-payload'), payload);
-      changedPayload = createHash('sha256').update(payload).digest('hex');
-      for (let i = 0; i < FILES / 100; i++) await writeFile(join(dir, `srv/data/f${i * 7}`), randomBytes(64 * 1024));
-    });
-  } finally { await loop.detach(); }
+  await withPartitionMount(source, 3, 'rw', async (dir) => {
+    const payload = randomBytes(300_000);
+    await writeFile(join(dir, 'etc/bmsnap-payload'), payload);
+    changedPayload = createHash('sha256').update(payload).digest('hex');
+    for (let i = 0; i < FILES / 100; i++) await writeFile(join(dir, `srv/data/f${i * 7}`), randomBytes(64 * 1024));
+  });
   const delta = await glanceCli(['image', source, '--glance', 'deploy-delta', '--parent', fullId]);
   t.equal(delta.exitCode, 0, 'delta against the full image', { stderr: delta.stderr });
   const md = JSON.parse(delta.stdout);
@@ -130,7 +124,7 @@ async function named(name: string): Promise<any[]> {
   return [...visible, ...((await res.json()) as { images: any[] }).images];
 }
 
-if (deltaId) await t.test('on Glance 30: flatten the delta; a parent whose index is damaged or gone', async (t) => {
+if (deltaId) await t.test('on Glance 30: flatten the delta, bmsnap deploy it; a parent whose index is damaged or gone', async (t) => {
   const flat = await glanceCli(['flatten', deltaId, '--glance', 'deploy-flat']);
   t.equal(flat.exitCode, 0, 'bmsnap flatten DELTA --glance', { stderr: flat.stderr });
   const mf = JSON.parse(flat.stdout);
@@ -143,6 +137,14 @@ if (deltaId) await t.test('on Glance 30: flatten the delta; a parent whose index
   for (const [i, d] of want) t.same(got.get(i)?.entries, d.entries, `flat image, partition ${i} (${d.fs}): the tree of the changed source`);
   const fimg: any = await (await stack.glanceFetch(`/v2/images/${mf.glance.imageId}`)).json();
   t.equal(fimg.bmsnap_parent_image, undefined, 'the flat image stands alone (no parent)');
+
+  // the same chain written straight from Glance by the CLI, onto a plain file
+  await run('truncate', ['-s', '300M', at('cli-target.raw')]);
+  const dep = await bmsnap(['deploy', deltaId, '--to', at('cli-target.raw'), '--glance-url', stack.glance, '--token-file', tokenFile, '--json', '-q']);
+  t.equal(dep.exitCode, 0, 'bmsnap deploy DELTA --to FILE (from Glance)', { stderr: dep.stderr });
+  t.same(JSON.parse(dep.stdout).clustersFrom.length, 2, 'clusters from the delta and its parent');
+  const onFile = await digestAll(at('cli-target.raw'));
+  for (const [i, d] of want) t.same(onFile.get(i)?.entries, d.entries, `bmsnap deploy, partition ${i} (${d.fs}): the tree of the changed source`);
 
   // a parent whose recorded index digest no longer matches its index image: one line, nothing made
   const base = await glanceCli(['image', source, '--glance', 'deploy-base2', '--with-index']);

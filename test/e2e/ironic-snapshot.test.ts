@@ -24,7 +24,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { attachLoop, buildDisk, loopPartition, run, withMount, type TestDisk } from '../lib/disks.js';
+import { buildDisk, run, withPartitionMount, type TestDisk } from '../lib/disks.js';
 import { comparePartitionTables, convertToRaw, digestAll, hashFile, qemuImgCheck, qemuImgInfo, sha256File } from '../lib/verify.js';
 import { pickPortIn } from '../lib/ports.js';
 import { FakeBootWatcher, IronicStack, secs, snapshotSteps, waitFor } from '../lib/ironic-stack.js';
@@ -262,12 +262,9 @@ if (stackUp) await t.test('incremental: snapshot step with parent', async (t) =>
   const disk = disks[0]!;
   // a few files on the root ext4 change, as between two evenings
   const part = disk.partitions.find((p) => p.fs === 'ext4')!.index;
-  const loop = await attachLoop(disk.path, { partscan: true });
-  try {
-    await withMount(await loopPartition(loop, part), 'rw', async (dir) => {
-      for (let i = 0; i < 4; i++) await writeFile(join(dir, `evening-${i}.bin`), randomBytes(192 * 1024));
-    });
-  } finally { await loop.detach(); }
+  await withPartitionMount(disk.path, part, 'rw', async (dir) => {
+    for (let i = 0; i < 4; i++) await writeFile(join(dir, `evening-${i}.bin`), randomBytes(192 * 1024));
+  });
 
   const uuid = await stack.activeNode('e2e-delta');
   const nBoots = harness.boots.length;

@@ -21,7 +21,7 @@ import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { REPO_ROOT, attachLoop, loopPartition, readOnlyMountOptions, withMount } from '../lib/disks.js';
+import { REPO_ROOT, readOnlyMountOptions, withPartitionMount } from '../lib/disks.js';
 import { comparePartitionTables, convertToRaw, hashFile, qemuImgCheck, sha256File } from '../lib/verify.js';
 import { pickPortIn } from '../lib/ports.js';
 import { FakeBootWatcher, IronicStack, secs, snapshotSteps, tokenOf, waitFor, type Boot } from '../lib/ironic-stack.js';
@@ -239,21 +239,16 @@ if (imageId) await t.test('snapshot with scrub: a shareable image, the disk unto
 
   const b = await downloadAndBoot(t, id, 'scrubbed');
   // What the image holds, read on the host from its root filesystem (ext4, partition 3).
-  const loop = await attachLoop(b.raw, { readOnly: true, partscan: true });
-  try {
-    await withMount(await loopPartition(loop, 3), readOnlyMountOptions('ext4'), async (root) => {
-      const gone = (p: string) => t.notOk(existsSync(join(root, p)), `image: ${p} removed`);
-      gone('etc/ssh/ssh_host_ed25519_key'); gone('etc/ssh/ssh_host_ed25519_key.pub'); gone('root/.bash_history');
-      gone('var/log/syslog.1'); gone('var/lib/cloud/instance'); gone('var/lib/cloud/instances/i-0001');
-      gone('var/lib/dhcp/dhclient.eth0.leases'); gone('tmp/build.log'); gone('opt/app/secrets.env');
-      t.equal((await stat(join(root, 'etc/machine-id'))).size, 0, 'image: /etc/machine-id emptied');
-      t.equal((await stat(join(root, 'var/log/syslog'))).size, 0, 'image: /var/log/syslog emptied');
-      t.equal(await readFile(join(root, 'opt/app/config'), 'utf8'), 'keep me\n', 'image: other files kept');
-      t.equal(await readFile(join(root, 'etc/ssh/sshd_config'), 'utf8'), 'Port 22\n', 'image: sshd_config kept');
-    });
-  } finally {
-    await loop.detach();
-  }
+  await withPartitionMount(b.raw, 3, readOnlyMountOptions('ext4'), async (root) => {
+    const gone = (p: string) => t.notOk(existsSync(join(root, p)), `image: ${p} removed`);
+    gone('etc/ssh/ssh_host_ed25519_key'); gone('etc/ssh/ssh_host_ed25519_key.pub'); gone('root/.bash_history');
+    gone('var/log/syslog.1'); gone('var/lib/cloud/instance'); gone('var/lib/cloud/instances/i-0001');
+    gone('var/lib/dhcp/dhclient.eth0.leases'); gone('tmp/build.log'); gone('opt/app/secrets.env');
+    t.equal((await stat(join(root, 'etc/machine-id'))).size, 0, 'image: /etc/machine-id emptied');
+    t.equal((await stat(join(root, 'var/log/syslog'))).size, 0, 'image: /var/log/syslog emptied');
+    t.equal(await readFile(join(root, 'opt/app/config'), 'utf8'), 'keep me\n', 'image: other files kept');
+    t.equal(await readFile(join(root, 'etc/ssh/sshd_config'), 'utf8'), 'Port 22\n', 'image: sshd_config kept');
+  });
   t.equal(b.marker, marker, 'the scrubbed image boots (marker printed)');
   t.equal(b.payload, payloadSha, 'with the payload intact');
   t.match(b.machineId, /^[0-9a-f]{32}$/, 'it made itself a machine id');
@@ -277,14 +272,11 @@ if (stackUp) await t.test('deploy a delta: the ramdisk VM writes the chain, the 
   };
   const full = await cli(['image', src, '--glance', 'vm-deploy-full', '--with-index']);
   let payload = '';
-  const loop = await attachLoop(src, { partscan: true });
-  try {
-    await withMount(await loopPartition(loop, 3), 'rw', async (root) => {
-      const bytes = randomBytes(200_000);
-      await writeFile(join(root, 'etc/bmsnap-payload'), bytes);
-      payload = createHash('sha256').update(bytes).digest('hex');
-    });
-  } finally { await loop.detach(); }
+  await withPartitionMount(src, 3, 'rw', async (root) => {
+    const bytes = randomBytes(200_000);
+    await writeFile(join(root, 'etc/bmsnap-payload'), bytes);
+    payload = createHash('sha256').update(bytes).digest('hex');
+  });
   const delta = await cli(['image', src, '--glance', 'vm-deploy-delta', '--parent', full.glance.imageId]);
   t.ok(delta.bytesWritten < full.bytesWritten / 5, `a delta of ${delta.bytesWritten} bytes (full: ${full.bytesWritten})`);
 

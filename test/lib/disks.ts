@@ -185,6 +185,16 @@ export async function withMount<T>(dev: string, options: string, fn: (dir: strin
   }
 }
 
+/** Mounts partition N of disk image FILE (on a partition-scanned loop) with OPTIONS, runs FN(dir), undoes both. */
+export async function withPartitionMount<T>(file: string, n: number, options: string, fn: (dir: string) => Promise<T>): Promise<T> {
+  const loop = await attachLoop(file, { partscan: true, readOnly: options.split(',').includes('ro') });
+  try {
+    return await withMount(await loopPartition(loop, n), options, fn);
+  } finally {
+    await loop.detach();
+  }
+}
+
 /** Attaches a read-only loop on a byte window of FILE, runs FN(dev), detaches. */
 export async function withReadOnlyWindow<T>(file: string, offset: number, size: number, fn: (dev: string) => Promise<T>): Promise<T> {
   const loop = await attachLoop(file, { readOnly: true, offset, sizeLimit: size });
