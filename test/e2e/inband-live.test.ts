@@ -8,7 +8,8 @@
 // the LV's journal needs no recovery (the freeze flushed it); the churn files in it are whole;
 // the write to /boot that waited for the capture is not in it, but is on the node's disk; the
 // disk's LVM metadata is untouched (no snapshot volume was ever added to the VG); and the image
-// boots in a fresh VM, showing the file written before the snapshot. A second capture with a
+// boots in a fresh VM, showing the file written before the snapshot. A second capture with
+// --parent (issue 12) is a small delta on the first, which is then protected. A capture with a
 // spare copy-on-write disk too small for the writer fails cleanly (one line, no image left, the
 // node unharmed). The freeze time is printed as a `metric` line.
 import t from 'tap';
@@ -97,6 +98,7 @@ async function readRange(path: string, offset: number, length: number): Promise<
 const seen: Record<string, RegExpExecArray> = {};
 const serialLog = join(work, 'node.serial.log');
 let imageId = '';
+let deltaId = '';
 await t.test('the running node snapshots itself while it writes', async (t) => {
   const vm = new Vm({
     name: 'live-node', serialLog, memoryMiB: 2048,
@@ -111,6 +113,7 @@ await t.test('the running node snapshots itself while it writes', async (t) => {
     ['frozen', /BMSNAP-JOB said bmsnap: point-in-time copy of (\S+) taken: frozen for ([\d.]+) s(.*)/, 900],
     ['active', /BMSNAP-JOB said bmsnap: glance image (\S+) active/, 60],
     ['live', /BMSNAP-JOB live rc=(\d+) id=(\S*) writes-before=(\d+) writes-after=(\d+) writes-end=(\d+) started=([\d.]+) ended=([\d.]+)/, 60],
+    ['delta', /BMSNAP-JOB delta rc=(\d+) id=(\S*) last=(.*)/, 900],
     ['overflow', /BMSNAP-JOB overflow rc=(\d+) last=(.*)/, 600],
     ['bootWrite', /BMSNAP-JOB boot write tried=([\d.]+) done=([\d.]+)/, 60],
     ['mapper', /BMSNAP-JOB mapper \[(.*)\] loops \[(.*)\]/, 60],
@@ -141,6 +144,8 @@ await t.test('the running node snapshots itself while it writes', async (t) => {
   const [tried, done] = [Number(seen.bootWrite![1]), Number(seen.bootWrite![2])];
   const ended = Number(live[7]);
   t.ok(done - tried > 5, `the write to /boot waited (tried at ${tried} s, done at ${done} s, bmsnap ended at ${ended} s of uptime)`);
+  t.equal(seen.delta![1], '0', 'a second capture with --parent (issue 12): exit 0', { last: seen.delta![3] });
+  deltaId = seen.delta![2]!;
   t.equal(seen.overflow![1], '1', 'a 2 MiB --cow-device for a busy writer: exit 1');
   t.match(seen.overflow![2], /^bmsnap: the copy-on-write store of bmsnapvg-root filled up while the capture ran .*--cow-device.*--mode kexec$/, 'in one line: the store filled up, and what to do');
   t.notMatch(seen.mapper![1], /bmsnap-live/, 'no bmsnap device-mapper device left');
@@ -161,6 +166,12 @@ await t.test('the image: active, verified, clean filesystems, the disk as it was
   t.equal(img.bmsnap_volumes, 'bmsnapvg-root:ext4', 'bmsnap_volumes: the LV and its filesystem');
   t.equal((await glance!.listImages()).filter((i) => i.name === imageName).length, 1, 'exactly one image (no orphans)');
   t.same((await glance!.listImages()).filter((i) => i.name === `${imageName}-overflow`).map((i) => `${i.id} ${i.status}`), [], 'the overflowed capture left no image');
+  // the second capture: a delta on the first, holding only what changed meanwhile
+  const delta = deltaId ? await glance!.getImage(deltaId) : undefined;
+  t.equal(delta?.status, 'active', 'the delta image (now --parent) is active');
+  t.equal(delta?.bmsnap_parent_image, imageId, 'it names the first capture as its parent');
+  t.ok(delta && typeof delta.size === 'number' && typeof img.size === 'number' && delta.size < img.size / 2, `it is small: ${delta?.size} bytes against ${img.size}`);
+  t.equal((await glance!.getImage(imageId)).protected, true, 'the parent is protected from deletion while the delta needs it');
   const qcow = join(work, 'image.qcow2');
   await glance!.downloadImage(imageId, qcow);
   t.equal(await hashFile(qcow, 'sha512'), img.os_hash_value, 'downloaded sha512 = Glance os_hash_value');

@@ -9,7 +9,8 @@
 #    must copy the old chunks away) and renamed, the oldest removed, as fast as it can;
 #  - as soon as the snapshot exists, a write to /boot (a plain partition, held still for the
 #    capture) that has to wait for the end of it;
-# then once more with a copy-on-write store too small for the writer (--cow-device /dev/vdc).
+# then a second capture as a delta on the first (--parent), and once more with a copy-on-write
+# store too small for the writer (--cow-device /dev/vdc).
 # Console lines start with BMSNAP-JOB.
 job=$1
 . "$job/guest-lib.sh"
@@ -53,6 +54,10 @@ sleep 2
 grep '^bmsnap: ' /dev/shm/live.err | while read -r l; do say "said $l"; done
 say "live rc=$rc id=$(cat /dev/shm/id) writes-before=$before writes-after=$after writes-end=$(cat /dev/shm/count) started=$t0 ended=$t1"
 [ $rc -eq 0 ] || tail -n 5 /dev/shm/live.err
+
+# the next snapshot as a delta on that one (the writer still churning): only what changed
+"$job/bmsnap" now --mode live --glance "$IMAGE_NAME-delta" --glance-url "$GLANCE_URL" --parent "$(cat /dev/shm/id)" > /dev/shm/id3 2> /dev/shm/delta.err
+say "delta rc=$? id=$(cat /dev/shm/id3) last=$(tail -n 1 /dev/shm/delta.err)"
 
 # again, with a spare disk far too small for what the writer writes meanwhile (/dev/vdc, 2 MiB):
 # the store fills up, the snapshot turns invalid, the capture fails cleanly
