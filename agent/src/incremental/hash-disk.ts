@@ -8,8 +8,8 @@ import { pipelineInOrder } from '../encoder/ordered.js';
 import { noProgress, type Progress } from '../encoder/progress.js';
 import { ClusterIndexBuilder, type ClusterIndex } from './cluster-index.js';
 
-const BATCH_CLUSTERS = 32;
-const READ_AHEAD = 4;
+const BATCH_CLUSTERS = 64;
+const READ_AHEAD = 8;
 
 export async function hashDisk(src: ByteReader, map: DiskMap, clusterSize: number, progress: Progress = noProgress, signal?: AbortSignal): Promise<ClusterIndex> {
   const index = await ClusterIndexBuilder.create(clusterSize, map.size, countMappedClusters(map.used, clusterSize));
