@@ -10,7 +10,7 @@ import type { Manifest } from '../../image-disk.js';
 import { PROP } from '../../incremental/glance-index.js';
 import { openSource } from '../../source/open-source.js';
 import { describeError } from '../../errors.js';
-import { reportingProgress, type Progress } from '../../encoder/progress.js';
+import { stepProgress } from './step-progress.js';
 import { chooseRootDevice, type RootDeviceHints } from '../root-device.js';
 import { buildDiskMap } from '../../map/build-map.js';
 import { checkedRelative, parseOperations, type ScrubOperation } from '../../scrub/operations.js';
@@ -76,7 +76,7 @@ export async function runSnapshot(params: Record<string, unknown>, ctx: CommandC
   if (!scrubOps && a.scrub_paths?.length) throw new CommandFailure('invalid snapshot step argument: scrub_paths needs scrub', 'InvalidArguments');
   const client = new GlanceClient(await resolveGlance({ endpoint, ...(token ? { token } : {}), env: {} }));
   const started = Date.now();
-  const progress = progressReporter(ctx);
+  const progress = stepProgress(ctx);
 
   const publish = async (path: string, scrubbed?: ScrubResult) => {
     const source = await openSource(path);
@@ -164,11 +164,4 @@ function incrementalResult(image: GlanceImage, m: Manifest): Record<string, unkn
 function scrubSummary(r: ScrubResult): Record<string, Record<string, number>> {
   return Object.fromEntries(Object.entries(r.partitions).map(([p, ops]) =>
     [p, Object.fromEntries(Object.entries(ops).map(([k, v]) => [k, v.removed.length + v.emptied.length]))]));
-}
-
-function progressReporter(ctx: CommandContext): Progress {
-  return reportingProgress((p, event) => {
-    if (event === 'end') return;
-    ctx.report({ phase: p.phase, bytes: p.bytes, total: p.total, percent: p.total ? Math.round((1000 * p.bytes) / p.total) / 10 : 0, mb_per_s: p.seconds > 0 ? Math.round(p.bytes / p.seconds / 1e5) / 10 : 0 });
-  }, 1000);
 }
