@@ -4,7 +4,9 @@
 // then runs the self-contained bundle (built --with-ramdisk): `bmsnap now --mode kexec` against a
 // real glance-api on the host's 127.0.0.1 (guestfwd only). The node kexecs into the bmsnap
 // ramdisk, which images the idle disk into the image created beforehand and kexecs back into
-// the user's kernel with bmsnap.result=ok:ID; the job prints it and powers off. Then the image
+// the user's kernel with bmsnap.result=ok:ID; the job prints it and takes a second snapshot, a
+// delta on the first (--parent), into a proxy that fails every upload: the node comes back
+// with bmsnap.result=failed:..., and neither the delta nor its index image is left. Then the image
 // is downloaded and booted in a fresh VM, which shows the marker and the file written before
 // the snapshot. The token appears in no serial log and on no disk. Host-side: the refusal for a
 // non-root user. Round-trip times are printed as `metric` lines.
@@ -118,11 +120,16 @@ await t.test('the node kexecs into the ramdisk, is imaged, and comes back', asyn
   // closed instead - either way the upload fails)
   t.comment(`proxy: ${proxy!.log.join('; ')}`);
   t.ok(proxy!.log.some((l) => l.startsWith('POST /v2/images ')), 'the second image was created through the failing proxy');
+  // the second round is a delta (--parent, issue 12): the parent's index is read before the node
+  // goes down, and the delta's own index image is created beside it up front
+  const indexId = (await glance!.getImage(id)).bmsnap_index_image as string;
+  t.ok(proxy!.log.some((l) => l.startsWith(`GET /v2/images/${indexId}/file `)), 'second round (--parent): the parent\'s index was read before going down');
+  t.equal(proxy!.log.filter((l) => l.startsWith('POST /v2/images ')).length, 2, 'second round: the image and its index image were created');
 });
 
 await t.test('a failed snapshot leaves no image behind', async (t) => {
-  const left = (await glance!.listImages()).filter((i) => i.name === `${imageName}-fail`);
-  t.same(left.map((i) => `${i.id} ${i.status}`), [], `the image ${seen.deleted?.match[1] ?? '?'} was deleted`);
+  const left = (await glance!.listImages({ hidden: true })).filter((i) => i.name === `${imageName}-fail` || i.name === `${imageName}-fail.bmsnap-index`);
+  t.same(left.map((i) => `${i.id} ${i.status}`), [], `the image ${seen.deleted?.match[1] ?? '?'} and its index image were deleted`);
 });
 
 await t.test('no token in any serial log or on the node\'s disk', async (t) => {

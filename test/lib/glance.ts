@@ -77,8 +77,8 @@ export interface LocalGlance {
   restart(): Promise<void>;
   /** stop() and, if the harness made the dir, remove it. */
   dispose(): Promise<void>;
-  /** Every image Glance lists (all statuses; admin view). */
-  listImages(): Promise<GlanceImageRecord[]>;
+  /** Every image Glance lists (all statuses; admin view); with hidden, the hidden ones (os_hidden) too. */
+  listImages(opts?: { hidden?: boolean }): Promise<GlanceImageRecord[]>;
   getImage(id: string): Promise<GlanceImageRecord>;
   deleteImage(id: string): Promise<number>;
   /** GET /v2/images/{id}/file into PATH. */
@@ -194,13 +194,16 @@ export async function startGlance(opts: GlanceOptions = {}): Promise<LocalGlance
         if (ownDir) await removeTempDir(dir);
       }
     },
-    async listImages() {
+    async listImages(opts = {}) {
       const all: GlanceImageRecord[] = [];
-      let next: string | undefined = '/v2/images?limit=100';
-      while (next) {
-        const body = (await json('GET', next)) as { images: GlanceImageRecord[]; next?: string };
-        all.push(...body.images);
-        next = body.next;
+      // Glance lists hidden images only when asked, and then only those
+      for (const start of ['/v2/images?limit=100', ...(opts.hidden ? ['/v2/images?limit=100&os_hidden=true'] : [])]) {
+        let next: string | undefined = start;
+        while (next) {
+          const body = (await json('GET', next)) as { images: GlanceImageRecord[]; next?: string };
+          all.push(...body.images);
+          next = body.next;
+        }
       }
       return all;
     },

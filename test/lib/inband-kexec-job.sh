@@ -6,15 +6,16 @@
 # Console lines start with BMSNAP-JOB. By the bmsnap.result on the kernel command line:
 #  - none (first boot): one real refusal (sysfs not mounted yet: no /sys/kernel/kexec_loaded),
 #    then write /opt/app/before-snapshot and run `bmsnap now --mode kexec` into GLANCE_URL;
-#  - ok:ID (back from it): print it and the file, then `bmsnap now --mode kexec` again, into
-#    FAULT_URL, where the upload fails;
+#  - ok:ID (back from it): print it and the file, then `bmsnap now --mode kexec --parent ID`
+#    (a delta on the first image) into FAULT_URL, where the upload fails;
 #  - failed:WHY (back from that): print it and let the marker power off.
 # `bmsnap now` does not return when it works: the node goes down into the ramdisk.
 job=$1
 . "$job/guest-lib.sh"
-now() {   # NAME URL
+now() {   # NAME URL [more options]
   say "handover starting ($1)"
-  "$job/bmsnap" now --mode kexec --glance "$1" --glance-url "$2" > /dev/shm/now.out
+  name=$1 url=$2; shift 2
+  "$job/bmsnap" now --mode kexec --glance "$name" --glance-url "$url" "$@" > /dev/shm/now.out
   say "now returned rc=$? out=$(cat /dev/shm/now.out)"
   say done
 }
@@ -26,7 +27,7 @@ case $result in
     say "result $result"
     say "back file=$(cat /opt/app/before-snapshot 2>&1) cmdline=[$(cat /proc/cmdline)]"
     os_up
-    now "$IMAGE_NAME-fail" "$FAULT_URL" ;;
+    now "$IMAGE_NAME-fail" "$FAULT_URL" --parent "${result#ok:}" ;;
   failed:*)
     say "second result $result"
     say done ;;
